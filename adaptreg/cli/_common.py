@@ -1,0 +1,49 @@
+"""Options and output helpers shared by command modules (click only: no heavy imports)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON document on stdout.")
+
+registry_option = click.option(
+    "--registry",
+    envvar="ADAPTREG_REGISTRY",
+    default=None,
+    metavar="DIR|URI",
+    help="Registry location: a directory (SQLite + artifacts), or an MLflow tracking URI such as "
+    "http://127.0.0.1:5000. Default: ./registry (env ADAPTREG_REGISTRY).",
+)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Data goes to stdout: JSON when asked, else the human rendering."""
+    if as_json or human is None:
+        from .._util import to_json
+
+        click.echo(to_json(data))
+    else:
+        click.echo(human(data))
+
+
+def log(msg: str) -> None:
+    """Progress and hints go to stderr so stdout stays parseable."""
+    click.echo(msg, err=True)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain fixed-width table; empty input gives a header only."""
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
