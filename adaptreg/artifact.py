@@ -1,0 +1,144 @@
+"""The adapter artifact: a standard PEFT adapter directory plus head, label map and manifest.
+
+Layout (every file listed in the manifest with its sha256)::
+
+    adapter_config.json        PEFT config (PeftModel.from_pretrained loads the directory)
+    adapter_model.safetensors  LoRA weights (safetensors only)
+    head.safetensors           task head: ``weight`` [n_labels, hidden], ``bias`` [n_labels]
+    labels.json                {"labels": [...]}: index -> label name
+    manifest.json              schema, versions, base id + fingerprint, data fingerprint,
+                               hyperparameters, metrics, file checksums (sorted keys)
+
+This is exactly what the registry stores as a version's artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._util import dump_json, sha256_file
+from .errors import ConfigError, IncompatibleBaseError, IntegrityError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+HEAD_FILE = "head.safetensors"
+LABELS_FILE = "labels.json"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+CHECKED_FILES = (*PEFT_FILES, HEAD_FILE, LABELS_FILE)
+
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_task_name(task: str) -> str:
+    """Task names become MLflow model names and folder names: keep them plain."""
+    if not isinstance(task, str) or not _TASK_NAME.match(task) or ".." in task:
+        raise ConfigError(f"task name {task!r} is invalid: use 1-64 letters, digits, '-', '_' or '.', "
+                          "starting with a letter or digit (no slashes or spaces)")
+    return task
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("adaptreg", "torch", "transformers", "peft", "safetensors", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def write_files_checksums(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the sha256 of every artifact file in the manifest and write manifest.json."""
+    d = Path(directory)
+    manifest = dict(manifest)
+    manifest["schema_version"] = SCHEMA_VERSION
+    manifest["files"] = {name: sha256_file(d / name) for name in CHECKED_FILES if (d / name).exists()}
+    dump_json(manifest, d / MANIFEST)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise IntegrityError(f"{directory} is not an adaptreg adapter: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{path} is corrupt ({exc.__class__.__name__}); re-fetch the adapter from the registry") from exc
+    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
+        import warnings
+
+        warnings.warn(f"{path} has schema {manifest['schema_version']} (newer than {SCHEMA_VERSION}); "
+                      "unknown fields are ignored", stacklevel=2)
+    return manifest
+
+
+def verify(directory: str | os.PathLike) -> dict[str, Any]:
+    """Check every file against the manifest's sha256; raise IntegrityError naming the first bad one."""
+    d = Path(directory)
+    manifest = read_manifest(d)
+    files = manifest.get("files") or {}
+    for name in CHECKED_FILES:
+        if name not in files:
+            raise IntegrityError(f"{d}: manifest has no checksum for {name}; the artifact is incomplete")
+        path = d / name
+        if not path.is_file():
+            raise IntegrityError(f"{d}: {name} is missing; the artifact is incomplete (re-register or re-fetch it)")
+        actual = sha256_file(path)
+        if actual != files[name]:
+            raise IntegrityError(f"{path} failed its sha256 check (expected {files[name][:12]}..., got {actual[:12]}...): "
+                                 "the file was modified or truncated; do not use it")
+    return manifest
+
+
+def check_base(manifest: dict[str, Any], base_fingerprint: str, base_id: str = "?") -> None:
+    """Refuse an adapter built on a base with another fingerprint."""
+    want = (manifest.get("base") or {}).get("fingerprint")
+    if want != base_fingerprint:
+        built = (manifest.get("base") or {}).get("id", "?")
+        raise IncompatibleBaseError(
+            f"adapter for task {manifest.get('task', '?')!r} was built on base {built!r} ({str(want)[:19]}...) "
+            f"but the base given is {base_id!r} ({base_fingerprint[:19]}...); load it with its own base"
+        )
+
+
+@dataclass
+class Head:
+    """A task head on mean-pooled features: logits = x @ weight.T + bias."""
+
+    weight: Any  # torch.Tensor [n_labels, hidden]
+    bias: Any  # torch.Tensor [n_labels]
+    labels: list[str] = field(default_factory=list)
+
+
+def save_head(directory: str | os.PathLike, head_module: Any, labels: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    state = {"weight": head_module.weight.detach().cpu().contiguous(), "bias": head_module.bias.detach().cpu().contiguous()}
+    save_file(state, str(d / HEAD_FILE))
+    dump_json({"labels": list(labels)}, d / LABELS_FILE)
+
+
+def load_head(directory: str | os.PathLike) -> Head:
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    state = load_file(str(d / HEAD_FILE))
+    labels = json.loads((d / LABELS_FILE).read_text(encoding="utf-8"))["labels"]
+    if state["weight"].shape[0] != len(labels):
+        raise IntegrityError(f"{d}: head has {state['weight'].shape[0]} outputs but labels.json lists {len(labels)}")
+    return Head(weight=state["weight"], bias=state["bias"], labels=labels)
+
+
+def adapter_size_bytes(directory: str | os.PathLike) -> int:
+    d = Path(directory)
+    return sum((d / n).stat().st_size for n in CHECKED_FILES if (d / n).exists())

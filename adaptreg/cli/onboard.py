@@ -1,0 +1,115 @@
+"""``adaptreg onboard``: train, evaluate and register one task's adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import click
+
+from ._common import emit, json_option, log, registry_option
+
+# Option specs are read from the dataclass configs without importing torch: config.py is light.
+from ..config import ADAPTER_KINDS, SCHEDULES, LoraSettings, TrainSettings
+
+_CHOICES = {"kind": ADAPTER_KINDS, "schedule": SCHEDULES}
+
+
+def _options_from(cls: type) -> Callable:
+    """Turn each dataclass field into a click option with the field's help and default."""
+
+    def decorate(f: Callable) -> Callable:
+        for fld in reversed(dataclasses.fields(cls)):
+            name = "--" + fld.name.replace("_", "-")
+            help_ = fld.metadata.get("help", "")
+            if fld.type in ("bool", bool):
+                f = click.option(name, f"opt_{fld.name}", is_flag=True, default=fld.default, help=help_)(f)
+            elif fld.name == "targets":
+                f = click.option(name, f"opt_{fld.name}", default=None, metavar="M1,M2",
+                                 help=help_ + " Comma-separated.")(f)
+            elif fld.name in _CHOICES:
+                f = click.option(name, f"opt_{fld.name}", type=click.Choice(_CHOICES[fld.name]), default=fld.default,
+                                 show_default=True, help=help_)(f)
+            else:
+                f = click.option(name, f"opt_{fld.name}", type=type(fld.default), default=fld.default,
+                                 show_default=True, help=help_)(f)
+        return f
+
+    return decorate
+
+
+def _settings(cls: type, opts: dict[str, Any]) -> Any:
+    values = {f.name: opts.pop(f"opt_{f.name}") for f in dataclasses.fields(cls)}
+    if "targets" in values and values["targets"] is not None:
+        values["targets"] = [t.strip() for t in values["targets"].split(",")]
+    return cls(**values)
+
+
+@click.command()
+@click.argument("task")
+@click.option("--data", required=True, metavar="PATH|NAME", help="CSV, JSONL or Parquet file, or a catalog name (see `adaptreg data list`).")
+@click.option("--text-col", default="text", show_default=True, help="Column holding the text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
+@click.option("--val", "val_path", default=None, metavar="PATH", help="Explicit validation file (else a stratified split).")
+@click.option("--test", "test_path", default=None, metavar="PATH", help="Explicit test file (else a stratified split).")
+@click.option("--drop-empty", is_flag=True, help="Drop rows with empty text instead of refusing the file.")
+@click.option("--max-per-class", type=int, default=None, help="Cap training examples per class (quick runs).")
+@click.option("--base", default="minilm", show_default=True, help="Base model: 'minilm', a model directory or a hub id.")
+@_options_from(LoraSettings)
+@_options_from(TrainSettings)
+@click.option("--init-from", default=None, metavar="TASK[@VERSION]", help="Start from an existing registered adapter.")
+@click.option("--no-probe", is_flag=True, help="Skip the frozen-base linear probe baseline.")
+@click.option("--output", default=None, metavar="DIR", help="Also write the adapter artifact to DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output directory.")
+@click.option("--no-register", is_flag=True, help="Do not register in the registry (needs --output).")
+@registry_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str | None, test_path: str | None,
+            drop_empty: bool, max_per_class: int | None, base: str, init_from: str | None, no_probe: bool,
+            output: str | None, overwrite: bool, no_register: bool, registry: str | None, quiet: bool, as_json: bool,
+            **opts: Any) -> None:
+    """Train a LoRA adapter for TASK on a frozen base, evaluate it beside a linear probe, register it.
+
+    \b
+    Examples:
+      adaptreg onboard news --data bbc-news
+      adaptreg onboard tickets --data tickets.csv --text-col body --label-col queue --rank 4
+      adaptreg onboard news --data bbc-news --kind dora --epochs 2 --output adapters/news --no-register --json
+    """
+    lora = _settings(LoraSettings, opts)
+    train = _settings(TrainSettings, opts)
+    from ..train import onboard as run_onboard
+
+    log(f"onboarding {task!r} from {data} on base {base} ({lora.kind}, rank {lora.rank})")
+    result = run_onboard(task, data, base=base, lora=lora, train=train, text_col=text_col, label_col=label_col,
+                         val=val_path, test=test_path, drop_empty=drop_empty, max_per_class=max_per_class,
+                         output=output, overwrite=overwrite, registry=registry, register=not no_register,
+                         init_from=init_from, probe=not no_probe, progress=not quiet)
+    emit(result.summary(), as_json, _human)
+
+
+def _human(s: dict[str, Any]) -> str:
+    m = s["metrics"]
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    lines = [
+        f"task            {s['task']}" + (f"  (version {s['version']})" if s.get("version") else ""),
+        f"adapter         {s['artifact_dir']}",
+        f"data            {s['data']['n_train']} train / {s['data']['n_val']} val / {s['data']['n_test']} test, "
+        f"{len(s['data']['labels'])} labels, {s['data']['duplicates_removed']} duplicates removed",
+        f"test accuracy   {pct(m['test_accuracy'])}   macro-F1 {pct(m['test_macro_f1'])}",
+        f"linear probe    {pct(m['probe_test_accuracy'])}   macro-F1 {pct(m['probe_test_macro_f1'])}",
+        f"trainable       {m['trainable_params']:,} params ({m['trainable_pct']:.3f}% of the base)",
+        f"adapter size    {m['adapter_bytes'] / 1024:.1f} KiB",
+        f"training        {m['train_seconds']:.1f} s, {m['train_examples_per_s']:.1f} examples/s, "
+        f"{s['training']['epochs_run']} epochs (best {s['training']['best_epoch']})",
+        f"base unchanged  {s['base_unchanged']}  ({s['base']['fingerprint'][:23]}...)",
+    ]
+    return "\n".join(lines)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(onboard)
