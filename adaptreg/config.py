@@ -42,13 +42,13 @@ class LoraSettings:
 class TrainSettings:
     """How the adapter is trained. Defaults were chosen on validation data (docs/onboarding.md)."""
 
-    epochs: int = field(default=4, metadata={"help": "Maximum epochs."})
+    epochs: int = field(default=3, metadata={"help": "Maximum epochs."})
     batch_size: int = field(default=16, metadata={"help": "Examples per step."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (adapter and head)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     schedule: str = field(default="linear", metadata={"help": "constant, linear or cosine decay after warm-up."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warm-up."})
-    max_length: int = field(default=256, metadata={"help": "Tokens per text; longer texts are truncated."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per text; longer texts are truncated."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
     patience: int = field(default=2, metadata={"help": "Early stopping: epochs without validation gain before stopping (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed for split, init, shuffling and dropout."})

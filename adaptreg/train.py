@@ -204,7 +204,11 @@ def _scheduler(optimizer: Any, kind: str, warmup: int, total: int) -> Any:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True)
+    import sys
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True,
+                mininterval=0.2 if tty else 30.0)
 
 
 def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSettings, progress: bool = True) -> dict[str, Any]:
@@ -333,6 +337,7 @@ def onboard(
 
     probe_report, probe_c, features = None, None, None
     if probe:
+        logger.info("frozen-base features for the linear probe (%d texts)", len(td.train) + len(td.val) + len(td.test))
         features = {s: encode(lb, getattr(td, s).texts, train.max_length, train.eval_batch_size) for s in ("train", "val", "test")}
         clf = linear_probe(features["train"], td.train.y, features["val"], td.val.y, train.seed)
         probe_c = clf.chosen_C_
@@ -341,6 +346,7 @@ def onboard(
     import torch
 
     seed_everything(train.seed)
+    logger.info("training %s rank %d on %d examples", lora.kind, lora.rank, len(td.train))
     peft_model = build_peft_model(lb.model, lb.model_type, lora)
     parent = None
     try:

@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# Tiny models gain nothing from intra-op threads; one thread avoids oversubscription when
+# several test processes (concurrency tests, subprocess CLI runs) share the 2 CI cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 WORDS = (
     "the a an of to and in is it for on with as was at by this that from be are or have not "

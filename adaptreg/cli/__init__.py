@@ -16,7 +16,7 @@ from .._version import __version__
 from ..errors import AdaptregError
 
 # Each module defines ``register(group)``. Order = order in --help.
-_COMMAND_MODULES = ["onboard", "data", "registry"]
+_COMMAND_MODULES = ["onboard", "data", "registry", "compose", "bench"]
 
 
 def _debug() -> bool:
@@ -54,7 +54,8 @@ class AdaptregGroup(click.Group):
 
 @click.group(cls=AdaptregGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="adaptreg")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Debug log lines on stderr.")
+def main(verbose: bool) -> None:
     """Continual-learning adapter manager and registry.
 
     Onboard a task as a LoRA adapter on a frozen base, keep every version in an MLflow
@@ -67,6 +68,15 @@ def main() -> None:
       adaptreg list
       adaptreg lookup news --alias production --json
     """
+    import logging
+
+    debug = verbose or _debug()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    root = logging.getLogger("adaptreg")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
 
 
 for _name in _COMMAND_MODULES:
