@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,7 @@ class TaskData:
     fingerprint: str
     duplicates_removed: int = 0
     leaks_removed: int = 0
-    truncation_note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    max_per_class: int | None = None
 
     @property
     def n_labels(self) -> int:
@@ -56,6 +55,7 @@ class TaskData:
             "source": self.source, "fingerprint": self.fingerprint, "labels": self.labels,
             "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
             "duplicates_removed": self.duplicates_removed, "test_overlap_removed": self.leaks_removed,
+            "max_per_class": self.max_per_class,
         }
 
 
@@ -197,6 +197,8 @@ def load_task(
     """
     source = str(data)
     catalog_split = _catalog_source(source, max_per_class)
+    if catalog_split is not None and max_per_class is not None and "@" not in source:
+        source = f"{source}@{max_per_class}"  # the catalog's own spec for the capped variant: reloads exactly
     if catalog_split is not None:
         train_path, test_path = catalog_split
         if test is None:
@@ -253,6 +255,7 @@ def load_task(
         labels=labels, train=split(rows), val=split(val_rows), test=split(test_rows), source=source,
         fingerprint=_fingerprint({"train": rows, "val": val_rows, "test": test_rows}),
         duplicates_removed=dups, leaks_removed=leaks,
+        max_per_class=None if catalog_split is not None else max_per_class,
     )
 
 

@@ -1,0 +1,487 @@
+"""Route a text to the task it belongs to, from frozen-base features, or abstain.
+
+The router is a nearest-class-mean rule under one shared, shrunk within-class covariance (the
+decision rule of linear discriminant analysis with equal priors). It keeps only compact
+statistics per task: each class's count and mean, and the task's within-class scatter matrix.
+The pooled covariance is the sum of the tasks' scatters, so :meth:`Router.add_task` never
+needs an earlier task's data, and adding tasks one by one gives exactly the router that
+:meth:`Router.fit` builds from all of them at once.
+
+Abstention: a row whose squared Mahalanobis distance to its nearest class mean is far above what
+that task's own rows show is routed ``"unknown"``. Calibration uses training statistics only
+(never test data): the ``quantile`` of the task's training distances over their mean (a shape
+factor stored when the task is added), times the task's mean in-sample distance under the current
+pooled covariance (``trace(Wᵀ S_t W) / n_t``, exact from the stored scatter), corrected from
+in-sample to held-out by a leave-one-out (Sherman-Morrison) downdate. ``route_score`` is the
+distance over that calibrated quantile: 1.0 = the edge of what held-out rows of the task are
+expected to show; above ``threshold`` (default 1.0) means abstain. See docs/composition.md.
+
+Saved as ``router.safetensors`` (arrays) + ``router.json`` (parameters, task and label names);
+no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._util import dump_json
+from ..errors import ConfigError, DataError, IntegrityError, NotFittedError
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+ROUTER_FILE = "router.safetensors"
+ROUTER_JSON = "router.json"
+ROUTER_SCHEMA = 1
+
+
+def _oas(cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """Oracle-approximating shrinkage towards a scaled identity (Chen et al. 2010; sklearn's OAS)."""
+    p = cov.shape[0]
+    mu = float(np.trace(cov)) / p
+    alpha = float(np.mean(cov ** 2))
+    num = alpha + mu ** 2
+    den = (n + 1.0) * (alpha - mu ** 2 / p)
+    s = 1.0 if den <= 0 else min(num / den, 1.0)
+    return (1.0 - s) * cov + s * mu * np.eye(p), s
+
+
+class Router:
+    """Task router on frozen-base features: nearest class mean, shared shrunk covariance, abstention.
+
+    Parameters
+    ----------
+    threshold : float or None
+        Abstain when ``route_score`` (distance / calibrated quantile) exceeds it; None = 1.0,
+        i.e. the calibrated ``quantile`` of in-distribution training distances.
+    quantile : float
+        Which quantile of each task's training distances defines ``route_score == 1``.
+    shrinkage : "oas" or float in [0, 1]
+        Shrinkage of the pooled within-class covariance towards a scaled identity.
+    normalize : bool
+        L2-normalise features first (cosine geometry of sentence embeddings).
+    max_length : int
+        Token length the routing features are computed at (recorded so that callers encode
+        texts the same way at fit and route time; shorter = cheaper routing).
+    """
+
+    def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
+                 normalize: bool = True, max_length: int = 64):
+        self.threshold = threshold
+        self.quantile = quantile
+        self.shrinkage = shrinkage
+        self.normalize = normalize
+        self.max_length = max_length
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
+                "normalize": self.normalize, "max_length": self.max_length}
+
+    def _check_params(self) -> None:
+        if self.threshold is not None and not float(self.threshold) > 0:
+            raise ConfigError(f"threshold == {self.threshold}, must be > 0 (or None for the calibrated default 1.0)")
+        if not 0.5 <= float(self.quantile) < 1.0:
+            raise ConfigError(f"quantile == {self.quantile}, must be in [0.5, 1)")
+        if self.shrinkage != "oas" and not (isinstance(self.shrinkage, (int, float)) and 0 <= float(self.shrinkage) <= 1):
+            raise ConfigError(f"shrinkage == {self.shrinkage!r}, must be 'oas' or a number in [0, 1]")
+        if int(self.max_length) < 8:
+            raise ConfigError(f"max_length == {self.max_length}, must be >= 8")
+
+    # ------------------------------------------------------------------ learning
+    def fit(self, features_by_task: dict[str, Any], labels_by_task: dict[str, Any] | None = None) -> "Router":
+        """Learn from every task at once (same result as calling :meth:`add_task` per task)."""
+        for attr in ("tasks_", "class_tasks_", "class_labels_", "counts_", "means_", "scatters_", "ratios_"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        self._cache = None
+        for task, x in features_by_task.items():
+            self.add_task(task, x, None if labels_by_task is None else labels_by_task.get(task))
+        return self
+
+    def add_task(self, task: str, features: Any, y: Any = None) -> "Router":
+        """Add one task from its frozen-base training features (``y``: class per row, or None = one class)."""
+        self._check_params()
+        x = self._prep(features)
+        if len(x) < 2:
+            raise DataError(f"task {task!r}: {len(x)} feature row(s), need at least 2 to route to it")
+        if not hasattr(self, "tasks_"):
+            self.tasks_: list[str] = []
+            self.class_tasks_: list[str] = []
+            self.class_labels_: list[str] = []
+            self.counts_ = np.zeros(0, dtype=np.int64)
+            self.means_ = np.zeros((0, x.shape[1]))
+            self.scatters_ = np.zeros((0, x.shape[1], x.shape[1]))
+            self.ratios_ = np.zeros(0)
+        if x.shape[1] != self.means_.shape[1]:
+            raise DataError(f"task {task!r}: features have {x.shape[1]} dimensions, the router has {self.means_.shape[1]}; "
+                            "use the same base for every task")
+        if task in self.tasks_:
+            raise ConfigError(f"task {task!r} is already routed; build a new Router to replace it")
+        yy = np.zeros(len(x), dtype=np.int64) if y is None else np.asarray(y)
+        if len(yy) != len(x):
+            raise DataError(f"task {task!r}: {len(x)} feature rows but {len(yy)} labels")
+        classes = sorted(set(yy.tolist()), key=str)
+        means, counts = [], []
+        scatter = np.zeros((x.shape[1], x.shape[1]))
+        for c in classes:
+            xc = x[yy == c]
+            m = xc.mean(0)
+            d = xc - m
+            scatter += d.T @ d
+            means.append(m)
+            counts.append(len(xc))
+        self.tasks_.append(task)
+        self.class_tasks_ += [task] * len(classes)
+        self.class_labels_ += [str(c) for c in classes]
+        self.counts_ = np.concatenate([self.counts_, np.asarray(counts, dtype=np.int64)])
+        self.means_ = np.vstack([self.means_, np.asarray(means)])
+        self.scatters_ = np.concatenate([self.scatters_, scatter[None]])
+        self.ratios_ = np.append(self.ratios_, self._own_ratio(x, yy, classes, np.asarray(means), scatter))
+        self._cache = None
+        return self
+
+    def _own_ratio(self, x, yy, classes, means, scatter) -> float:
+        """quantile / mean of the task's training distances to their nearest own class, under its own covariance."""
+        dof = len(x) - len(classes)
+        if dof < 1:
+            return 1.0
+        w, _ = self._whitener(scatter / dof, dof)
+        z = (x @ w)[:, None, :] - (means @ w)[None]
+        d2 = (z ** 2).sum(-1).min(1)
+        mean = float(d2.mean())
+        return float(np.quantile(d2, self.quantile)) / mean if mean > 0 else 1.0
+
+    def _whitener(self, cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+        """W with W Wᵀ = inverse of the shrunk covariance, and the shrinkage used."""
+        if self.shrinkage == "oas":
+            cov, s = _oas(cov, n)
+        else:
+            s = float(self.shrinkage)
+            cov = (1 - s) * cov + s * (np.trace(cov) / len(cov)) * np.eye(len(cov))
+        vals, vecs = np.linalg.eigh(cov)
+        vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
+        return vecs / np.sqrt(vals), s
+
+    def _prep(self, features: Any) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2:
+            raise DataError(f"features must be a 2-D array (rows x dims), got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise DataError("features contain NaN or inf")
+        if self.normalize:
+            x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+        return x
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "tasks_", None):
+            raise NotFittedError("This Router instance is not fitted yet. Call 'add_task' or 'fit' with frozen-base "
+                                 "training features first (or `adaptreg route add TASK`)")
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(whitener W, whitened class means, per-task calibrated quantile of d²), cached."""
+        if self._cache is None:
+            n = int(self.counts_.sum())
+            dof = n - len(self.counts_)
+            dim = self.means_.shape[1]
+            pooled = self.scatters_.sum(0)
+            if dof >= 1:
+                w, shrink = self._whitener(pooled / dof, dof)
+            else:
+                w, shrink = np.eye(dim), 1.0
+            cls_task = np.array([self.tasks_.index(t) for t in self.class_tasks_])
+            q = np.empty(len(self.tasks_))
+            c = (1.0 - shrink) / max(dof, 1)
+            for i, t in enumerate(self.tasks_):
+                counts = self.counts_[cls_task == i]
+                n_t = int(counts.sum())
+                # mean in-sample d² of the task's rows to their class mean = trace(Wᵀ S_t W) / n_t
+                q_in = self.ratios_[i] * float(np.einsum("ij,ik,kj->", w, self.scatters_[i], w)) / n_t
+                # A row's own contribution shrinks its in-sample distance. Leaving it out is a
+                # rank-one downdate of the shrunk covariance, (1 - s) v vᵀ / dof, so by
+                # Sherman-Morrison the held-out distance is d² / (1 - c d²), c = (1 - s) / dof;
+                # leaving it out of its class mean scales d² by (n_c / (n_c - 1))².
+                n_c = max(float(counts.mean()), 2.0)
+                q[i] = q_in / max(1.0 - c * q_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
+            q = np.maximum(q, 1e-12)
+            self._cache = (w, self.means_ @ w, q, cls_task)
+        return self._cache[:3]
+
+    @property
+    def threshold_(self) -> float:
+        return 1.0 if self.threshold is None else float(self.threshold)
+
+    # ------------------------------------------------------------------ inference
+    def task_distances(self, features: Any) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each task's nearest class mean [rows, tasks]."""
+        self._check_fitted()
+        x = self._prep(features)
+        w, mw, _ = self._state()
+        cls_task = self._cache[3]
+        z = x @ w
+        d2 = (z ** 2).sum(1)[:, None] - 2 * z @ mw.T + (mw ** 2).sum(1)[None]
+        d2 = np.maximum(d2, 0.0)
+        out = np.full((len(x), len(self.tasks_)), np.inf)
+        for i in range(len(self.tasks_)):
+            out[:, i] = d2[:, cls_task == i].min(1)
+        return out
+
+    def decision_scores(self, features: Any) -> np.ndarray:
+        """``route_score`` of each row for each task: distance / calibrated quantile (lower = closer)."""
+        d = self.task_distances(features)
+        return d / self._state()[2][None]
+
+    def route(self, features: Any, threshold: float | None = None,
+              tasks: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """(task per row, ``"unknown"`` when abstaining; route_score per row, lower = more in-distribution).
+
+        The task is the one with the nearest class mean (LDA rule); the score is that distance
+        over the task's calibrated quantile; above ``threshold`` (default ``self.threshold_``) abstains.
+        ``tasks`` restricts the candidates (e.g. to the tasks whose adapters are loaded).
+        """
+        self._check_fitted()
+        thr = self.threshold_ if threshold is None else float(threshold)
+        if thr <= 0:
+            raise ConfigError(f"threshold == {thr}, must be > 0")
+        d = self.task_distances(features)
+        _, _, q = self._state()
+        if tasks is not None:
+            missing = [t for t in tasks if t not in self.tasks_]
+            if missing:
+                raise ConfigError(f"the router does not know task(s) {missing}; it routes to {self.tasks_}")
+            cols = [self.tasks_.index(t) for t in tasks]
+            d, q, names = d[:, cols], q[cols], list(tasks)
+        else:
+            names = self.tasks_
+        best = d.argmin(1)
+        score = d[np.arange(len(d)), best] / q[best]
+        routed = [names[b] if s <= thr else UNKNOWN for b, s in zip(best, score)]
+        return routed, score
+
+    def predict(self, features: Any) -> list[str]:
+        return self.route(features)[0]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write router.safetensors + router.json into ``directory`` (created if needed)."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({"counts": self.counts_, "means": self.means_, "scatters": self.scatters_, "ratios": self.ratios_},
+                  str(d / ROUTER_FILE))
+        from .._util import sha256_file
+
+        dump_json({"schema_version": ROUTER_SCHEMA, "params": self.get_params(), "tasks": self.tasks_,
+                   "class_tasks": self.class_tasks_, "class_labels": self.class_labels_,
+                   "sha256": sha256_file(d / ROUTER_FILE)}, d / ROUTER_JSON)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Router":
+        from safetensors.numpy import load_file
+
+        from .._util import sha256_file
+
+        d = Path(directory)
+        if not (d / ROUTER_JSON).is_file() or not (d / ROUTER_FILE).is_file():
+            raise IntegrityError(f"{d} is not a saved router: {ROUTER_JSON} or {ROUTER_FILE} is missing")
+        meta = json.loads((d / ROUTER_JSON).read_text(encoding="utf-8"))
+        if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
+            raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
+        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length"}
+        router = cls(**{k: v for k, v in meta["params"].items() if k in known})
+        arrays = load_file(str(d / ROUTER_FILE))
+        router.tasks_ = list(meta["tasks"])
+        router.class_tasks_ = list(meta["class_tasks"])
+        router.class_labels_ = list(meta["class_labels"])
+        router.counts_ = arrays["counts"].astype(np.int64)
+        router.means_ = arrays["means"]
+        router.scatters_ = arrays["scatters"]
+        router.ratios_ = arrays["ratios"]
+        router._cache = None
+        return router
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        fitted = f", tasks={self.tasks_}" if getattr(self, "tasks_", None) else ""
+        return f"Router({params}){fitted}"
+
+    _cache: Any = None
+
+
+def routing_report(router: Router, features_by_task: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
+    """Routing accuracy on held-out features of every task (abstentions count as errors), per task and overall."""
+    per_task, correct, total, abstained = {}, 0, 0, 0
+    for task, x in features_by_task.items():
+        routed, _ = router.route(x, threshold=threshold)
+        ok = sum(r == task for r in routed)
+        unk = sum(r == UNKNOWN for r in routed)
+        per_task[task] = {"n": len(routed), "accuracy": ok / len(routed) if routed else None,
+                          "abstained": unk / len(routed) if routed else None,
+                          "confused_with": _counts([r for r in routed if r not in (task, UNKNOWN)])}
+        correct += ok
+        total += len(routed)
+        abstained += unk
+    return {"accuracy": correct / total if total else None, "abstained": abstained / total if total else None,
+            "n": total, "threshold": router.threshold_ if threshold is None else threshold, "per_task": per_task}
+
+
+def abstention_rate(router: Router, features: Any, threshold: float | None = None) -> float:
+    """Fraction of rows routed ``unknown`` (use on out-of-distribution features)."""
+    routed, _ = router.route(features, threshold=threshold)
+    return sum(r == UNKNOWN for r in routed) / len(routed) if routed else math.nan
+
+
+def _counts(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+# --------------------------------------------------------------------------- registry versions
+
+ROUTER_MODEL = "adaptreg-router"
+ROUTER_PATH = "router"
+_KIND_TAG = "adaptreg.kind"
+_STATUS_TAG = "adaptreg.status"
+
+
+def _registry(registry: Any) -> Any:
+    from ..registry import Registry
+
+    return registry if isinstance(registry, Registry) else Registry(registry)
+
+
+def register_router(registry: Any, router: Router, description: str = "") -> dict[str, Any]:
+    """Store ``router`` as the next version of the registered model ``adaptreg-router``.
+
+    Same pattern as adapters: one MLflow run holding the files under ``router/``, one model
+    version pointing at them, tagged ready only after the files are stored. The router model is
+    not tagged ``adaptreg.managed``, so it never shows up as a task.
+    """
+    import tempfile
+
+    from ..registry import EXPERIMENT
+
+    router._check_fitted()
+    reg = _registry(registry)
+    client = reg.client
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        EXPERIMENT, artifact_location=reg.location.artifact_root)
+    try:
+        client.get_registered_model(ROUTER_MODEL)
+    except Exception:  # noqa: BLE001 - MLflow raises its own RestException for "not found"
+        client.create_registered_model(ROUTER_MODEL, tags={_KIND_TAG: "router"},
+                                       description="adaptreg task router: a new version each time a task is added")
+    run = client.create_run(exp_id, tags={_KIND_TAG: "router", "mlflow.runName": f"router-{len(router.tasks_)}-tasks"})
+    run_id = run.info.run_id
+    try:
+        client.log_param(run_id, "tasks", ",".join(router.tasks_)[:6000])
+        for k, v in router.get_params().items():
+            client.log_param(run_id, k, str(v))
+        with tempfile.TemporaryDirectory(prefix="adaptreg-router-") as tmp:
+            router.save(tmp)
+            client.log_artifacts(run_id, tmp, ROUTER_PATH)
+        source = run.info.artifact_uri.rstrip("/") + "/" + ROUTER_PATH
+        mv = client.create_model_version(ROUTER_MODEL, source=source, run_id=run_id, await_creation_for=0,
+                                         tags={_KIND_TAG: "router", "adaptreg.tasks": ",".join(router.tasks_)[:4000]},
+                                         description=description or f"routes {len(router.tasks_)} task(s)")
+        client.set_model_version_tag(ROUTER_MODEL, mv.version, _STATUS_TAG, "ready")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return {"model": ROUTER_MODEL, "version": int(mv.version), "tasks": list(router.tasks_), "run_id": run_id,
+            "source": source}
+
+
+def router_versions(registry: Any) -> list[dict[str, Any]]:
+    """Ready router versions, newest first."""
+    reg = _registry(registry)
+    if reg.location.db_path is not None and not reg.location.db_path.is_file():
+        return []
+    client = reg.client
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(f"name='{ROUTER_MODEL}'", max_results=200, page_token=token)
+        for mv in page:
+            if (mv.tags or {}).get(_STATUS_TAG) == "ready":
+                out.append({"version": int(mv.version), "run_id": mv.run_id, "source": mv.source,
+                            "tasks": [t for t in (mv.tags or {}).get("adaptreg.tasks", "").split(",") if t],
+                            "created_ms": mv.creation_timestamp})
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    return sorted(out, key=lambda r: -r["version"])
+
+
+def load_router(registry: Any, version: int | None = None) -> Router | None:
+    """The latest (or given) registered router, or None when none was registered."""
+    import tempfile
+
+    from ..errors import NotFoundError
+
+    reg = _registry(registry)
+    versions = router_versions(reg)
+    if version is not None:
+        versions = [v for v in versions if v["version"] == int(version)]
+        if not versions:
+            raise NotFoundError(f"no router version {version} in {reg.location.display}")
+    if not versions:
+        return None
+    rec = versions[0]
+    local = _local_dir(rec["source"])
+    if local is not None:
+        router = Router.load(local)
+    else:
+        with tempfile.TemporaryDirectory(prefix="adaptreg-router-") as tmp:
+            got = reg.client.download_artifacts(rec["run_id"], ROUTER_PATH, tmp)
+            router = Router.load(got)
+    router.registry_version_ = rec["version"]
+    return router
+
+
+def _local_dir(source: str) -> Path | None:
+    import urllib.parse
+    import urllib.request
+
+    if source.startswith("file:"):
+        p = Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
+        return p if (p / ROUTER_JSON).is_file() else None
+    return None
+
+
+def task_features(registry: Any, task: str, base: Any, max_length: int, split: str = "train",
+                  version: int | None = None, data: Any = None) -> tuple[Any, list[int]]:
+    """Frozen-base features of a registered task's ``split``, rebuilt from its manifest's data source + seed."""
+    from ..base import encode
+    from .merge import _task_data
+
+    reg = _registry(registry)
+    rec = reg.lookup(task, version=version)
+    manifest = json.loads((Path(rec["path"]) / "manifest.json").read_text(encoding="utf-8"))
+    td = _task_data(task, manifest, data)
+    part = getattr(td, split)
+    return encode(base, part.texts, max_length), list(part.y)
+
+
+def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: Any = None,
+                                router: Router | None = None) -> tuple[Router, dict[str, Any]]:
+    """Add ``task`` (its training split, from the manifest's data source) to the latest router and
+    register the result as a new router version. A fresh ``Router()`` when none exists yet."""
+    reg = _registry(registry)
+    current = router if router is not None else (load_router(reg) or Router())
+    x, y = task_features(reg, task, base, int(current.max_length), "train", data=data)
+    current.add_task(task, x, y)
+    return current, register_router(reg, current)

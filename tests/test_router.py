@@ -1,0 +1,127 @@
+"""Router: nearest class mean under a shared shrunk covariance, incremental, abstaining, pickle-free."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptreg.compose.router import UNKNOWN, Router, abstention_rate, routing_report
+from adaptreg.errors import ConfigError, DataError, IntegrityError, NotFittedError
+
+DIM = 24
+
+
+def _task(rng, centre, n=150, n_classes=3):
+    y = rng.integers(0, n_classes, n)
+    x = centre + 0.35 * rng.normal(size=(n, DIM)) + 0.25 * np.eye(DIM)[y]
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    centres = {t: rng.normal(size=DIM) for t in ("news", "reviews", "tickets")}
+    train = {t: _task(rng, c) for t, c in centres.items()}
+    test = {t: _task(rng, c) for t, c in centres.items()}
+    return train, test
+
+
+def _fit_all(train, **kw):
+    return Router(**kw).fit({t: v[0] for t, v in train.items()}, {t: v[1] for t, v in train.items()})
+
+
+def test_routes_held_out_rows_to_their_task(data):
+    train, test = data
+    r = _fit_all(train)
+    rep = routing_report(r, {t: v[0] for t, v in test.items()})
+    assert rep["accuracy"] > 0.9 and rep["n"] == 450
+    assert set(rep["per_task"]) == set(train)
+    assert rep["abstained"] < 0.08  # calibrated at the 99th percentile of training distances
+
+
+def test_adding_tasks_one_by_one_equals_fitting_all_at_once(data):
+    train, test = data
+    once = _fit_all(train)
+    step = Router()
+    for t, (x, y) in train.items():
+        step.add_task(t, x, y)
+    x = np.vstack([v[0] for v in test.values()])
+    a, sa = once.route(x)
+    b, sb = step.route(x)
+    assert a == b
+    np.testing.assert_allclose(sa, sb, rtol=1e-10)
+    np.testing.assert_array_equal(once.means_, step.means_)
+
+
+def test_add_task_keeps_only_compact_statistics(data):
+    train, _ = data
+    r = _fit_all(train)
+    n_classes = sum(len(set(y.tolist())) for _, y in train.values())
+    assert r.means_.shape == (n_classes, DIM)
+    assert r.scatters_.shape == (len(train), DIM, DIM)  # one scatter per task, independent of its row count
+    assert r.counts_.sum() == sum(len(y) for _, y in train.values())
+
+
+def test_abstains_far_from_every_task(data):
+    train, _ = data
+    r = _fit_all(train)
+    rng = np.random.default_rng(5)
+    far = rng.normal(size=(100, DIM)) * 3 + 10
+    assert abstention_rate(r, far) == 1.0
+    routed, scores = r.route(far)
+    assert set(routed) == {UNKNOWN} and (scores > 1).all()
+    # user-set thresholds: huge = never abstain
+    assert UNKNOWN not in Router(threshold=1e9).fit({t: v[0] for t, v in train.items()}).route(far)[0]
+    assert UNKNOWN not in r.route(far, threshold=1e9)[0]
+
+
+def test_restricting_candidates(data):
+    train, test = data
+    r = _fit_all(train)
+    routed, _ = r.route(test["news"][0], tasks=["reviews", "tickets"], threshold=1e9)
+    assert set(routed) <= {"reviews", "tickets"}
+    with pytest.raises(ConfigError, match="does not know"):
+        r.route(test["news"][0], tasks=["nope"])
+
+
+def test_task_without_labels_is_one_class(data):
+    train, test = data
+    r = Router().fit({t: v[0] for t, v in train.items()})
+    assert len(r.means_) == len(train)
+    assert routing_report(r, {t: v[0] for t, v in test.items()})["accuracy"] > 0.85
+
+
+def test_save_load_round_trip_without_pickle(data, tmp_path):
+    train, test = data
+    r = _fit_all(train, threshold=1.3, shrinkage=0.2, max_length=48)
+    r.save(tmp_path / "router")
+    assert sorted(p.name for p in (tmp_path / "router").iterdir()) == ["router.json", "router.safetensors"]
+    back = Router.load(tmp_path / "router")
+    assert back.get_params() == r.get_params() and back.tasks_ == r.tasks_
+    x = np.vstack([v[0] for v in test.values()])
+    assert back.route(x)[0] == r.route(x)[0]
+    np.testing.assert_allclose(back.route(x)[1], r.route(x)[1])
+    # the loaded router keeps learning
+    rng = np.random.default_rng(9)
+    back.add_task("extra", *_task(rng, rng.normal(size=DIM)))
+    assert back.tasks_[-1] == "extra"
+    # tampering is detected
+    p = tmp_path / "router" / "router.safetensors"
+    p.write_bytes(p.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(IntegrityError, match="sha256"):
+        Router.load(tmp_path / "router")
+
+
+def test_errors_name_the_problem(data):
+    train, _ = data
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        Router().route(np.zeros((1, DIM)))
+    r = _fit_all(train)
+    with pytest.raises(DataError, match="dimensions"):
+        r.add_task("bad", np.zeros((5, DIM + 1)))
+    with pytest.raises(ConfigError, match="already routed"):
+        r.add_task("news", *train["news"])
+    with pytest.raises(ConfigError, match="quantile"):
+        Router(quantile=1.5).add_task("x", *train["news"])
+    with pytest.raises(DataError, match="NaN"):
+        Router().add_task("x", np.full((3, DIM), np.nan))
