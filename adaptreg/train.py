@@ -50,6 +50,7 @@ class OnboardResult:
             "version": None if self.version is None else self.version.get("version"),
             "base": m["base"], "base_unchanged": self.base_unchanged, "data": m["data"], "adapter": m["adapter"],
             "training": m["training"], "metrics": m["metrics"], "report": m["report"],
+            "router_version": self.extra.get("router_version"),
         }
 
 
@@ -313,6 +314,7 @@ def onboard(
     register: bool = True,
     init_from: str | None = None,
     probe: bool = True,
+    route: bool = True,
     progress: bool = True,
 ) -> OnboardResult:
     """Train a LoRA adapter + head for ``task``, evaluate it beside a frozen-base linear probe,
@@ -320,6 +322,8 @@ def onboard(
 
     ``registry`` is a :class:`adaptreg.registry.Registry`, a location string, or None for the default.
     ``init_from`` (``TASK`` or ``TASK@VERSION``, from the registry) starts from an existing adapter.
+    ``route``: after registering, add the task to the registry's router (a new router version),
+    so ``adaptreg predict`` can send inputs to it without a task id.
     """
     artifact.validate_task_name(task)
     lora = lora or LoraSettings()
@@ -367,6 +371,12 @@ def onboard(
         for p in lb.model.parameters():
             p.requires_grad_(False)
     result.base_unchanged = lb.fingerprint == fp_before == _fresh_fingerprint(lb)
+    if route and reg is not None and register:
+        from .compose.router import add_task_to_registry_router
+
+        logger.info("adding %r to the task router", task)
+        _, router_rec = add_task_to_registry_router(reg, task, lb, data=td)
+        result.extra["router_version"] = router_rec.get("version")
     if features is not None:
         result.extra["features"] = features
     return result

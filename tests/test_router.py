@@ -125,3 +125,15 @@ def test_errors_name_the_problem(data):
         Router(quantile=1.5).add_task("x", *train["news"])
     with pytest.raises(DataError, match="NaN"):
         Router().add_task("x", np.full((3, DIM), np.nan))
+
+
+def test_replace_task_equals_fresh_fit():
+    rng = np.random.default_rng(7)
+    a, b, b2 = (rng.normal(size=(40, 6)) + k for k in (0, 3, 5))
+    r = Router().add_task("a", a).add_task("b", b).add_task("b", b2, replace=True)
+    fresh = Router().add_task("a", a).add_task("b", b2)
+    assert r.tasks_ == fresh.tasks_
+    np.testing.assert_allclose(r.means_, fresh.means_)
+    np.testing.assert_allclose(r.scatters_, fresh.scatters_)
+    with pytest.raises(ConfigError, match="already routed"):
+        fresh.add_task("a", a)

@@ -59,6 +59,7 @@ def _settings(cls: type, opts: dict[str, Any]) -> Any:
 @_options_from(TrainSettings)
 @click.option("--init-from", default=None, metavar="TASK[@VERSION]", help="Start from an existing registered adapter.")
 @click.option("--no-probe", is_flag=True, help="Skip the frozen-base linear probe baseline.")
+@click.option("--no-route", is_flag=True, help="Do not add the task to the registry's router.")
 @click.option("--output", default=None, metavar="DIR", help="Also write the adapter artifact to DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output directory.")
 @click.option("--no-register", is_flag=True, help="Do not register in the registry (needs --output).")
@@ -66,7 +67,7 @@ def _settings(cls: type, opts: dict[str, Any]) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str | None, test_path: str | None,
-            drop_empty: bool, max_per_class: int | None, base: str, init_from: str | None, no_probe: bool,
+            drop_empty: bool, max_per_class: int | None, base: str, init_from: str | None, no_probe: bool, no_route: bool,
             output: str | None, overwrite: bool, no_register: bool, registry: str | None, quiet: bool, as_json: bool,
             **opts: Any) -> None:
     """Train a LoRA adapter for TASK on a frozen base, evaluate it beside a linear probe, register it.
@@ -85,7 +86,7 @@ def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str |
     result = run_onboard(task, data, base=base, lora=lora, train=train, text_col=text_col, label_col=label_col,
                          val=val_path, test=test_path, drop_empty=drop_empty, max_per_class=max_per_class,
                          output=output, overwrite=overwrite, registry=registry, register=not no_register,
-                         init_from=init_from, probe=not no_probe, progress=not quiet)
+                         init_from=init_from, probe=not no_probe, route=not no_route, progress=not quiet)
     emit(result.summary(), as_json, _human)
 
 

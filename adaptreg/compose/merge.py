@@ -144,7 +144,8 @@ def _task_data(task: str, manifest: dict[str, Any], data: Any) -> Any:
     if not src:
         raise DataError(f"{task!r}: its manifest records no data source; pass data={{'{task}': PATH}} to evaluate")
     seed = int((manifest.get("training") or {}).get("seed", 0))
-    td = load_task(str(src), seed=seed)
+    td = load_task(str(src), seed=seed, text_col=d.get("text_col", "text"), label_col=d.get("label_col", "label"),
+                   max_per_class=d.get("max_per_class"))
     if d.get("fingerprint") and td.fingerprint != d["fingerprint"]:
         raise DataError(f"{task!r}: data at {src} no longer matches the fingerprint it was trained on "
                         "(changed file or other columns); pass data={task: TaskData} to evaluate")

@@ -106,9 +106,30 @@ class Router:
             self.add_task(task, x, None if labels_by_task is None else labels_by_task.get(task))
         return self
 
-    def add_task(self, task: str, features: Any, y: Any = None) -> "Router":
-        """Add one task from its frozen-base training features (``y``: class per row, or None = one class)."""
+    def remove_task(self, task: str) -> "Router":
+        """Forget one task's statistics (the others are untouched: statistics are per task)."""
+        self._check_fitted()
+        if task not in self.tasks_:
+            raise ConfigError(f"task {task!r} is not routed (routed: {', '.join(self.tasks_)})")
+        i = self.tasks_.index(task)
+        keep = np.array([t != task for t in self.class_tasks_], dtype=bool)
+        self.tasks_ = [t for t in self.tasks_ if t != task]
+        self.class_tasks_ = [t for t, k in zip(self.class_tasks_, keep) if k]
+        self.class_labels_ = [c for c, k in zip(self.class_labels_, keep) if k]
+        self.counts_, self.means_ = self.counts_[keep], self.means_[keep]
+        self.scatters_ = np.delete(self.scatters_, i, axis=0)
+        self.ratios_ = np.delete(self.ratios_, i)
+        self._cache = None
+        return self
+
+    def add_task(self, task: str, features: Any, y: Any = None, replace: bool = False) -> "Router":
+        """Add one task from its frozen-base training features (``y``: class per row, or None = one class).
+
+        ``replace=True`` swaps out the statistics of a task that is already routed (a new version).
+        """
         self._check_params()
+        if replace and task in getattr(self, "tasks_", []):
+            self.remove_task(task)
         x = self._prep(features)
         if len(x) < 2:
             raise DataError(f"task {task!r}: {len(x)} feature row(s), need at least 2 to route to it")
@@ -483,5 +504,5 @@ def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: An
     reg = _registry(registry)
     current = router if router is not None else (load_router(reg) or Router())
     x, y = task_features(reg, task, base, int(current.max_length), "train", data=data)
-    current.add_task(task, x, y)
+    current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
     return current, register_router(reg, current)

@@ -45,6 +45,8 @@ class TaskData:
     duplicates_removed: int = 0
     leaks_removed: int = 0
     max_per_class: int | None = None
+    text_col: str = "text"
+    label_col: str = "label"
 
     @property
     def n_labels(self) -> int:
@@ -55,7 +57,7 @@ class TaskData:
             "source": self.source, "fingerprint": self.fingerprint, "labels": self.labels,
             "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
             "duplicates_removed": self.duplicates_removed, "test_overlap_removed": self.leaks_removed,
-            "max_per_class": self.max_per_class,
+            "max_per_class": self.max_per_class, "text_col": self.text_col, "label_col": self.label_col,
         }
 
 
@@ -256,6 +258,7 @@ def load_task(
         fingerprint=_fingerprint({"train": rows, "val": val_rows, "test": test_rows}),
         duplicates_removed=dups, leaks_removed=leaks,
         max_per_class=None if catalog_split is not None else max_per_class,
+        text_col=text_col, label_col=label_col,
     )
 
 
