@@ -111,6 +111,10 @@ def load_base(spec: str | BaseRef) -> LoadedBase:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import warnings
+
+    # transformers' own deprecation notices about its internals are noise to adaptreg users
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         config = AutoConfig.from_pretrained(ref.path, trust_remote_code=False)
         kwargs: dict[str, Any] = {"trust_remote_code": False}
