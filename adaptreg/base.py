@@ -156,17 +156,28 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64, model: Any = None) -> Any:
-    """Mean-pooled features of ``texts`` (float32 numpy array, one row per text)."""
-    import numpy as np
+def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> Any:
+    """Mean-pooled last hidden states of ``texts`` through ``model`` (float32 torch tensor, input order).
+
+    Texts are batched in order of token length (little padding) and put back in input order.
+    """
     import torch
 
-    net = model if model is not None else base.model
-    out = []
+    enc = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+    out = None
     with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            batch = base.tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
-                                   max_length=max_length, return_tensors="pt")
-            hidden = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            out.append(mean_pool(hidden, batch["attention_mask"]).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, base.hidden_size), dtype=np.float32)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            b = tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
+            h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            pooled = mean_pool(h, b["attention_mask"]).float()
+            if out is None:
+                out = torch.empty((len(texts), pooled.shape[1]))
+            out[idx] = pooled
+    return out if out is not None else torch.zeros((0, int(model.config.hidden_size)))
+
+
+def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64) -> Any:
+    """Frozen-base mean-pooled features of ``texts`` (float32 numpy array, one row per text)."""
+    return pooled_features(base.model, base.tokenizer, texts, max_length, batch_size).numpy()

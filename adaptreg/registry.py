@@ -605,7 +605,7 @@ class Registry:
             logger.warning("not registering sub-directories of %s: %s", d, ", ".join(skipped))
 
         client = self.client
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         exp_id = self.experiment_id()
         a = manifest.get("adapter") or {}

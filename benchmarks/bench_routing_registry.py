@@ -28,8 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from adaptreg.base import load_base
-    from adaptreg.compose.merge import _task_data
     from adaptreg.compose.predict import Predictor
+    from adaptreg.data.tasks import load_task_from_manifest
     from adaptreg.registry import Registry
 
     reg = Registry(args.registry)
@@ -39,7 +39,7 @@ def main() -> None:
     for task in pred.tasks:
         rec = reg.lookup(task)
         manifest = json.loads(open(f"{rec['path']}/manifest.json", encoding="utf-8").read())
-        td = _task_data(task, manifest, None)
+        td = load_task_from_manifest(manifest)
         rows += [(t, task, td.labels[y]) for t, y in zip(td.test.texts, td.test.y)]
     random.Random(args.seed).shuffle(rows)
     texts = [r[0] for r in rows]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 from click.testing import CliRunner
 
-from adaptreg import artifact
 from adaptreg.base import load_base
 from adaptreg.cli import main
 from adaptreg.compose.merge import ExportedModel, check_mergeable, export_merged, merge_adapters

@@ -49,7 +49,6 @@ def test_base_is_bit_identical_after_training(trained):
 
 
 def test_artifact_is_a_standard_peft_directory(trained):
-    import torch
     from peft import PeftModel
     from transformers import AutoModel
 

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 from .. import artifact
 from .._util import atomic_dir, dump_json, seed_everything, sha256_file
 from .._version import __version__
-from ..base import LoadedBase, load_base, mean_pool
+from ..base import LoadedBase, load_base, pooled_features
+from ..data.tasks import load_task_from_manifest
 from ..errors import ConfigError, DataError, MergeError
 
 logger = logging.getLogger(__name__)
@@ -130,44 +131,7 @@ def _resolve_sources(sources: Sequence[str] | dict[str, str | os.PathLike], reg:
 
 def _test_split(task: str, manifest: dict[str, Any], data: Any) -> Any:
     """The source task's test split: given, or rebuilt from the manifest's data source + seed."""
-    return _task_data(task, manifest, data).test
-
-
-def _task_data(task: str, manifest: dict[str, Any], data: Any) -> Any:
-    """The task's TaskData: given, or rebuilt from the manifest's data source + seed (fingerprint-checked)."""
-    from ..data.tasks import TaskData, load_task
-
-    if isinstance(data, TaskData):
-        return data
-    d = manifest.get("data") or {}
-    src = data if isinstance(data, (str, os.PathLike)) else d.get("source")
-    if not src:
-        raise DataError(f"{task!r}: its manifest records no data source; pass data={{'{task}': PATH}} to evaluate")
-    seed = int((manifest.get("training") or {}).get("seed", 0))
-    td = load_task(str(src), seed=seed, text_col=d.get("text_col", "text"), label_col=d.get("label_col", "label"),
-                   max_per_class=d.get("max_per_class"))
-    if d.get("fingerprint") and td.fingerprint != d["fingerprint"]:
-        raise DataError(f"{task!r}: data at {src} no longer matches the fingerprint it was trained on "
-                        "(changed file or other columns); pass data={task: TaskData} to evaluate")
-    return td
-
-
-def _pooled(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 32) -> Any:
-    import torch
-
-    enc = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(enc[i]))  # little padding per batch
-    out = None
-    with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            b = tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-            h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-            pooled = mean_pool(h, b["attention_mask"]).float()
-            if out is None:
-                out = torch.empty((len(texts), pooled.shape[1]))
-            out[idx] = pooled
-    return out if out is not None else torch.zeros((0, 0))
+    return load_task_from_manifest(manifest, data).test
 
 
 def _accuracy(pooled: Any, head: artifact.Head, y: list[int]) -> float:
@@ -269,9 +233,9 @@ def merge_adapters(
                 continue
             ml = int((m.get("training") or {}).get("max_length", 256))
             model.set_adapter(names[t])
-            src_acc = _accuracy(_pooled(model, lb.tokenizer, test.texts, ml, batch_size), heads[t], test.y)
+            src_acc = _accuracy(pooled_features(model, lb.tokenizer, test.texts, ml, batch_size), heads[t], test.y)
             model.set_adapter(merged)
-            mrg_acc = _accuracy(_pooled(model, lb.tokenizer, test.texts, ml, batch_size), heads[t], test.y)
+            mrg_acc = _accuracy(pooled_features(model, lb.tokenizer, test.texts, ml, batch_size), heads[t], test.y)
             retention[t] = {"source_accuracy": src_acc, "merged_accuracy": mrg_acc, "n_test": len(test.y),
                             "retention": mrg_acc / src_acc if src_acc else None}
     cfg = model.peft_config[merged]
@@ -428,7 +392,7 @@ class ExportedModel:
     def predict(self, texts: list[str], batch_size: int = 32) -> tuple[list[str], list[float]]:
         import torch
 
-        pooled = _pooled(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
+        pooled = pooled_features(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
         prob = torch.softmax(pooled @ self.weight.T + self.bias, -1)
         conf, idx = prob.max(-1)
         return [self.labels[i] for i in idx.tolist()], conf.tolist()

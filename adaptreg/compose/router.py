@@ -487,12 +487,12 @@ def task_features(registry: Any, task: str, base: Any, max_length: int, split: s
                   version: int | None = None, data: Any = None) -> tuple[Any, list[int]]:
     """Frozen-base features of a registered task's ``split``, rebuilt from its manifest's data source + seed."""
     from ..base import encode
-    from .merge import _task_data
+    from ..data.tasks import load_task_from_manifest
 
     reg = _registry(registry)
     rec = reg.lookup(task, version=version)
     manifest = json.loads((Path(rec["path"]) / "manifest.json").read_text(encoding="utf-8"))
-    td = _task_data(task, manifest, data)
+    td = load_task_from_manifest(manifest, data)
     part = getattr(td, split)
     return encode(base, part.texts, max_length), list(part.y)
 

@@ -12,9 +12,9 @@ import os
 from typing import Any
 
 from .. import artifact
-from ..base import LoadedBase
+from ..base import LoadedBase, pooled_features
 from ..errors import ConfigError
-from .merge import _pooled, load_task_head
+from .merge import load_task_head
 
 
 class StackedModel:
@@ -60,7 +60,7 @@ class StackedModel:
         self.max_length = int((manifests[head].get("training") or {}).get("max_length", 256))
 
     def features(self, texts: list[str], batch_size: int = 32) -> Any:
-        return _pooled(self.model, self.base.tokenizer, list(texts), self.max_length, batch_size)
+        return pooled_features(self.model, self.base.tokenizer, list(texts), self.max_length, batch_size)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> tuple[list[str], list[float]]:
         import torch

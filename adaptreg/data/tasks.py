@@ -296,3 +296,22 @@ def _catalog_source(spec: str, max_per_class: int | None) -> tuple[str, str] | N
     if found is None:
         return None
     return str(found[0]), str(found[1])
+
+
+def load_task_from_manifest(manifest: dict[str, Any], data: Any = None) -> TaskData:
+    """A registered adapter's TaskData: ``data`` if given (TaskData or path), else rebuilt from the
+    manifest's data source, seed, columns and cap, and refused if its fingerprint changed."""
+    if isinstance(data, TaskData):
+        return data
+    task = manifest.get("task", "?")
+    d = manifest.get("data") or {}
+    src = data if isinstance(data, (str, os.PathLike)) else d.get("source")
+    if not src:
+        raise DataError(f"{task!r}: its manifest records no data source; pass data={{'{task}': PATH}} to evaluate")
+    seed = int((manifest.get("training") or {}).get("seed", 0))
+    td = load_task(str(src), seed=seed, text_col=d.get("text_col", "text"), label_col=d.get("label_col", "label"),
+                   max_per_class=d.get("max_per_class"))
+    if d.get("fingerprint") and td.fingerprint != d["fingerprint"]:
+        raise DataError(f"{task!r}: data at {src} no longer matches the fingerprint it was trained on "
+                        "(changed file or other columns); pass data={task: TaskData} to evaluate")
+    return td
