@@ -156,9 +156,11 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> Any:
-    """Mean-pooled last hidden states of ``texts`` through ``model`` (float32 torch tensor, input order).
+def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64,
+                    layer: int = -1) -> Any:
+    """Mean-pooled hidden states of ``texts`` through ``model`` (float32 torch tensor, input order).
 
+    ``layer`` indexes the hidden states (-1 = last layer output, -2 = the layer before, 0 = embeddings).
     Texts are batched in order of token length (little padding) and put back in input order.
     """
     import torch
@@ -170,7 +172,7 @@ def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: in
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             b = tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-            h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            h = hidden_states(model, {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, layer)
             pooled = mean_pool(h, b["attention_mask"]).float()
             if out is None:
                 out = torch.empty((len(texts), pooled.shape[1]))
@@ -178,6 +180,13 @@ def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: in
     return out if out is not None else torch.zeros((0, int(model.config.hidden_size)))
 
 
-def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64) -> Any:
+def hidden_states(model: Any, inputs: dict, layer: int = -1) -> Any:
+    """One layer's hidden states (-1 = ``last_hidden_state``, which needs no other layer kept)."""
+    if layer == -1:
+        return model(**inputs).last_hidden_state
+    return model(**inputs, output_hidden_states=True).hidden_states[layer]
+
+
+def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64, layer: int = -1) -> Any:
     """Frozen-base mean-pooled features of ``texts`` (float32 numpy array, one row per text)."""
-    return pooled_features(base.model, base.tokenizer, texts, max_length, batch_size).numpy()
+    return pooled_features(base.model, base.tokenizer, texts, max_length, batch_size, layer).numpy()

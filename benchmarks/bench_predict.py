@@ -111,16 +111,17 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- routing
     routing = {}
     for ml in (64,) if args.quick else (64, args.max_length):
-        router = Router(max_length=ml).fit({n: encode(lb, td.train.texts, ml) for n, td in tds.items()},
+        layer = Router().layer  # the router's default feature layer
+        router = Router(max_length=ml).fit({n: encode(lb, td.train.texts, ml, layer=layer) for n, td in tds.items()},
                                            {n: td.train.y for n, td in tds.items()})
         if ml == 64:
             router64 = router
         if args.quick:
             continue
-        test_feats = {n: encode(lb, td.test.texts, ml) for n, td in tds.items()}
+        test_feats = {n: encode(lb, td.test.texts, ml, layer=layer) for n, td in tds.items()}
         rep = routing_report(router, test_feats)
         no_abstain = routing_report(router, test_feats, threshold=1e9)
-        ood_feats = {k: encode(lb, v, ml) for k, v in ood_sets(100).items()}
+        ood_feats = {k: encode(lb, v, ml, layer=layer) for k, v in ood_sets(100).items()}
         ood = {k: abstention_rate(router, f) for k, f in ood_feats.items()}
         routing[ml] = {"accuracy": rep["accuracy"], "false_abstention": rep["abstained"],
                        "accuracy_without_abstention": no_abstain["accuracy"],

@@ -93,7 +93,8 @@ def world(tiny_base, tmp_path_factory):
     data = {"topic": write_csv(d / "topic.csv", make_toy_rows(20)), "senti": write_csv(d / "senti.csv", sentiment_rows())}
     tds = {t: load_task(str(p)) for t, p in data.items()}
     ads = {t: make_adapter(lb, t, tds[t], d / "ad" / t, seed=i) for i, t in enumerate(tds)}
-    router = Router(max_length=MAX_LEN).fit({t: encode(lb, td.train.texts, MAX_LEN) for t, td in tds.items()},
+    router = Router(max_length=MAX_LEN)
+    router.fit({t: router.features(lb, td.train.texts) for t, td in tds.items()},
                                             {t: td.train.y for t, td in tds.items()})
     return {"lb": lb, "data": data, "tds": tds, "ads": ads, "router": router, "dir": d}
 
@@ -155,7 +156,7 @@ def test_routed_predict_follows_the_router_and_abstains(world, predictor):
     tasks, texts = _mixed(world)
     texts = texts + ["0 1 2 3 4 5 6 7 8 9", "zzzz qqqq xxxx vvvv"]
     out = predictor.predict(texts)
-    routed, scores = world["router"].route(encode(world["lb"], texts, MAX_LEN))
+    routed, scores = world["router"].route(world["router"].features(world["lb"], texts))
     assert [r["task"] for r in out] == routed
     assert [r["route_score"] for r in out] == pytest.approx(list(scores), rel=1e-4)
     for r in out:
@@ -201,7 +202,7 @@ def test_predictor_from_registry_and_cli(world, tmp_path, tmp_path_factory):
     assert [v["tasks"] for v in router_versions(reg)] == [["topic", "senti"], ["topic"]]
     assert sorted(t["task"] for t in reg.list_tasks()) == ["senti", "topic"]  # the router is not a task
     loaded = load_router(reg)
-    feats = encode(world["lb"], world["tds"]["senti"].test.texts, MAX_LEN)
+    feats = router.features(world["lb"], world["tds"]["senti"].test.texts)
     assert loaded.route(feats)[0] == world["router"].route(feats)[0]
 
     pred = Predictor(reg, base=world["lb"])
@@ -251,7 +252,8 @@ def test_minilm_routes_and_predicts(tmp_path):
     tds = {"topic": load_task(str(write_csv(tmp_path / "t.csv", make_toy_rows(30)))),
            "senti": load_task(str(write_csv(tmp_path / "s.csv", sentiment_rows(30))))}
     ads = {t: make_adapter(lb, t, td, tmp_path / t, seed=i) for i, (t, td) in enumerate(tds.items())}
-    router = Router().fit({t: encode(lb, td.train.texts, 64) for t, td in tds.items()}, {t: td.train.y for t, td in tds.items()})
+    router = Router()
+    router.fit({t: router.features(lb, td.train.texts) for t, td in tds.items()}, {t: td.train.y for t, td in tds.items()})
     pred = Predictor.from_artifacts(lb, ads, router=router)
     rows = [(t, x) for t, td in tds.items() for x in td.test.texts]
     out = pred.predict([x for _, x in rows])

@@ -290,7 +290,6 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
       adaptreg route eval
       adaptreg route eval --ood digits.csv --threshold 1.5 --json
     """
-    from ..base import encode
     from ..compose.predict import read_table
     from ..compose.router import abstention_rate, load_router, routing_report, task_features
     from ..errors import NotFoundError
@@ -310,7 +309,7 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
             rows, _ = read_table(f)
             texts = [str(r.get("text", "")) for r in rows]
             report["ood"][f] = {"n": len(texts), "abstained": abstention_rate(
-                router, encode(lb, texts, int(router.max_length)), threshold)}
+                router, router.features(lb, texts), threshold)}
     emit(report, as_json, _route_human)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import artifact
-from ..base import LoadedBase, load_base, mean_pool
+from ..base import LoadedBase, hidden_states, load_base, mean_pool
 from ..errors import ConfigError, NotFoundError
 from .router import UNKNOWN, Router
 
@@ -128,7 +128,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ forward passes
     def _pooled(self, texts: list[str], max_lengths: list[int], adapters: list[str] | None, batch_size: int,
-                group: bool = True) -> Any:
+                group: bool = True, layer: int = -1) -> Any:
         """Mean-pooled last hidden states, one row per text, in input order.
 
         ``adapters`` None = adapters disabled (frozen base); else the PEFT adapter name per row.
@@ -150,7 +150,7 @@ class Predictor:
                 kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
                 if adapters is None:
                     with self.model.disable_adapter():
-                        hidden = self.model(**kw).last_hidden_state
+                        hidden = hidden_states(self.model, kw, layer)
                 else:
                     names = [adapters[i] for i in idx]
                     hidden = self._adapter_forward(kw, names)
@@ -178,9 +178,10 @@ class Predictor:
         return hidden
 
     def route_features(self, texts: list[str], batch_size: int = 32) -> Any:
-        """Frozen-base features at the router's max_length (numpy, input order)."""
+        """Frozen-base features at the router's max_length and layer (numpy, input order)."""
         ml = self.router.max_length if self.router is not None else 64
-        return self._pooled(list(texts), [int(ml)] * len(texts), None, batch_size).numpy()
+        layer = int(self.router.layer) if self.router is not None else -1
+        return self._pooled(list(texts), [int(ml)] * len(texts), None, batch_size, layer=layer).numpy()
 
     def route(self, texts: list[str], threshold: float | None = None, batch_size: int = 32) -> tuple[list[str], Any]:
         if self.router is None:

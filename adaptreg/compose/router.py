@@ -70,20 +70,26 @@ class Router:
     max_length : int
         Token length the routing features are computed at (recorded so that callers encode
         texts the same way at fit and route time; shorter = cheaper routing).
+    layer : int
+        Which frozen-base hidden state the routing features pool (-1 = last layer, -2 = the one
+        before). Default -2, chosen on validation data: MiniLM's last layer is trained for
+        sentence similarity and blurs the domain cues a router needs (docs/composition.md).
     """
 
     def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
-                 normalize: bool = True, max_length: int = 64):
+                 normalize: bool = True, max_length: int = 64, layer: int = -2):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
         self.normalize = normalize
         self.max_length = max_length
+        self.layer = layer
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
-                "normalize": self.normalize, "max_length": self.max_length}
+                "normalize": self.normalize, "max_length": self.max_length,
+                "layer": self.layer}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -94,6 +100,12 @@ class Router:
             raise ConfigError(f"shrinkage == {self.shrinkage!r}, must be 'oas' or a number in [0, 1]")
         if int(self.max_length) < 8:
             raise ConfigError(f"max_length == {self.max_length}, must be >= 8")
+
+    def features(self, base: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Frozen-base routing features of ``texts``, at this router's ``max_length`` and ``layer``."""
+        from ..base import encode
+
+        return encode(base, list(texts), int(self.max_length), batch_size, layer=int(self.layer))
 
     # ------------------------------------------------------------------ learning
     def fit(self, features_by_task: dict[str, Any], labels_by_task: dict[str, Any] | None = None) -> "Router":
@@ -318,8 +330,9 @@ class Router:
         meta = json.loads((d / ROUTER_JSON).read_text(encoding="utf-8"))
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
-        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length"}
-        router = cls(**{k: v for k, v in meta["params"].items() if k in known})
+        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layer"}
+        params = {"layer": -1, **meta["params"]}  # routers saved before `layer` existed pooled the last layer
+        router = cls(**{k: v for k, v in params.items() if k in known})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
         router.class_tasks_ = list(meta["class_tasks"])
@@ -484,7 +497,7 @@ def _local_dir(source: str) -> Path | None:
 
 
 def task_features(registry: Any, task: str, base: Any, max_length: int, split: str = "train",
-                  version: int | None = None, data: Any = None) -> tuple[Any, list[int]]:
+                  version: int | None = None, data: Any = None, layer: int = -1) -> tuple[Any, list[int]]:
     """Frozen-base features of a registered task's ``split``, rebuilt from its manifest's data source + seed."""
     from ..base import encode
     from ..data.tasks import load_task_from_manifest
@@ -494,7 +507,7 @@ def task_features(registry: Any, task: str, base: Any, max_length: int, split: s
     manifest = json.loads((Path(rec["path"]) / "manifest.json").read_text(encoding="utf-8"))
     td = load_task_from_manifest(manifest, data)
     part = getattr(td, split)
-    return encode(base, part.texts, max_length), list(part.y)
+    return encode(base, part.texts, max_length, layer=layer), list(part.y)
 
 
 def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: Any = None,
@@ -503,6 +516,6 @@ def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: An
     register the result as a new router version. A fresh ``Router()`` when none exists yet."""
     reg = _registry(registry)
     current = router if router is not None else (load_router(reg) or Router())
-    x, y = task_features(reg, task, base, int(current.max_length), "train", data=data)
+    x, y = task_features(reg, task, base, int(current.max_length), "train", data=data, layer=int(current.layer))
     current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
     return current, register_router(reg, current)

@@ -331,7 +331,8 @@ class ContinualBenchmark:
         from ..compose.router import Router
 
         # Closed world: every test row belongs to a known task, so the router never abstains here.
-        return Router(threshold=math.inf, max_length=self._settings().max_length)
+        # fed the probe's features (last layer, training length): reuse them rather than encode again
+        return Router(threshold=math.inf, max_length=self._settings().max_length, layer=-1)
 
     def _adaptreg(self) -> tuple[list[list[float | None]], list[float | None]]:
         """Route each test row among the tasks seen so far; right only if routed home and labelled right."""
