@@ -2,7 +2,7 @@
 
 usage: python benchmarks/bench_routing_registry.py --registry DIR [--base minilm] [--threshold X] [--json out.json]
 
-For the registry's tasks (their production alias, else latest version) and its latest router:
+For the tasks the registry's latest router routes (their production alias, else latest version):
 rebuilds each task's test split from its manifest (data source + seed + columns, fingerprint-checked),
 shuffles all rows together with a fixed seed, and predicts them (1) routed, with no task id, and
 (2) with the true task id per row. Prints routing accuracy, abstention, label accuracy of both and
@@ -34,7 +34,12 @@ def main() -> None:
 
     reg = Registry(args.registry)
     base = load_base(args.base)
-    pred = Predictor(reg, base=base, threshold=args.threshold)
+    from adaptreg.compose.router import load_router
+
+    router = load_router(reg)
+    if router is None:
+        sys.exit("error: the registry has no router; onboard tasks or run `adaptreg route add TASK...`")
+    pred = Predictor(reg, base=base, tasks=router.tasks_, router=router, threshold=args.threshold)
     rows = []
     for task in pred.tasks:
         rec = reg.lookup(task)

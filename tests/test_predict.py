@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from adaptreg import artifact
-from adaptreg.base import encode, load_base
+from adaptreg.base import load_base
 from adaptreg.cli import main
 from adaptreg.compose.predict import Predictor
 from adaptreg.compose.router import UNKNOWN, Router

@@ -51,7 +51,7 @@ def _split(value: str | None, what: str) -> list[str] | None:
 @click.option("--task", default=None, help="Use this task's adapter for every row (no routing).")
 @click.option("--tasks", "task_list", default=None, metavar="T1,T2", help="Only load these tasks (default: every task).")
 @click.option("--alias", default="production", show_default=True, help="Adapter version per task: this alias if set, else the latest.")
-@click.option("--threshold", type=float, default=None, help="Router abstention threshold (route_score above it -> unknown; default 1.0).")
+@click.option("--threshold", type=float, default=None, help="Router abstention threshold (route_score above it -> unknown; default 1.2).")
 @click.option("--no-router", is_flag=True, help="Do not load the registered router (then --task is needed with several tasks).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", default=None, metavar="FILE.csv|FILE.jsonl", help="Write predictions to a file instead of stdout.")
@@ -241,7 +241,7 @@ def route() -> None:
 @click.option("--rebuild", is_flag=True, help="Start a new router instead of extending the latest one.")
 @click.option("--max-length", type=click.IntRange(8), default=64, show_default=True,
               help="Token length of routing features (only for a new router).")
-@click.option("--threshold", type=float, default=None, help="Abstention threshold stored in the router (default 1.0).")
+@click.option("--threshold", type=float, default=None, help="Abstention threshold stored in the router (default 1.2).")
 @_base_option
 @registry_option
 @json_option

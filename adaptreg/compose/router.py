@@ -14,7 +14,7 @@ factor stored when the task is added), times the task's mean in-sample distance 
 pooled covariance (``trace(Wᵀ S_t W) / n_t``, exact from the stored scatter), corrected from
 in-sample to held-out by a leave-one-out (Sherman-Morrison) downdate. ``route_score`` is the
 distance over that calibrated quantile: 1.0 = the edge of what held-out rows of the task are
-expected to show; above ``threshold`` (default 1.0) means abstain. See docs/composition.md.
+expected to show; above ``threshold`` (default ``DEFAULT_THRESHOLD`` = 1.2) means abstain. See docs/composition.md.
 
 Saved as ``router.safetensors`` (arrays) + ``router.json`` (parameters, task and label names);
 no pickle anywhere.
@@ -53,14 +53,17 @@ def _oas(cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     return (1.0 - s) * cov + s * mu * np.eye(p), s
 
 
+DEFAULT_THRESHOLD = 1.2
+
 class Router:
     """Task router on frozen-base features: nearest class mean, shared shrunk covariance, abstention.
 
     Parameters
     ----------
     threshold : float or None
-        Abstain when ``route_score`` (distance / calibrated quantile) exceeds it; None = 1.0,
-        i.e. the calibrated ``quantile`` of in-distribution training distances.
+        Abstain when ``route_score`` (distance / calibrated quantile) exceeds it; None =
+        ``DEFAULT_THRESHOLD`` (1.2 times the calibrated ``quantile`` of in-distribution training
+        distances; chosen on validation splits and synthetic out-of-domain text, docs/composition.md).
     quantile : float
         Which quantile of each task's training distances defines ``route_score == 1``.
     shrinkage : "oas" or float in [0, 1]
@@ -93,7 +96,7 @@ class Router:
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
-            raise ConfigError(f"threshold == {self.threshold}, must be > 0 (or None for the calibrated default 1.0)")
+            raise ConfigError(f"threshold == {self.threshold}, must be > 0 (or None for the default {DEFAULT_THRESHOLD})")
         if not 0.5 <= float(self.quantile) < 1.0:
             raise ConfigError(f"quantile == {self.quantile}, must be in [0.5, 1)")
         if self.shrinkage != "oas" and not (isinstance(self.shrinkage, (int, float)) and 0 <= float(self.shrinkage) <= 1):
@@ -249,7 +252,7 @@ class Router:
 
     @property
     def threshold_(self) -> float:
-        return 1.0 if self.threshold is None else float(self.threshold)
+        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
 
     # ------------------------------------------------------------------ inference
     def task_distances(self, features: Any) -> np.ndarray:
