@@ -331,8 +331,16 @@ class ContinualBenchmark:
         from ..compose.router import Router
 
         # Closed world: every test row belongs to a known task, so the router never abstains here.
-        # fed the probe's features (last layer, training length): reuse them rather than encode again
-        return Router(threshold=math.inf, max_length=self._settings().max_length, layer=-1)
+        if self.scenario.kind == "text":
+            return Router(threshold=math.inf)  # its own features: default length and layer, as `adaptreg predict`
+        return Router(threshold=math.inf, layer=-1)  # images: the pooled CNN features below
+
+    def _router_features(self, router: Any, i: int, split: str) -> np.ndarray:
+        """Routing features of task i's split: the router's own for text, the pooled CNN features for images."""
+        if self.scenario.kind != "text":
+            return self.features[i][split]
+        td = self.tasks[i][1]
+        return router.features(self.scenario.base, list(getattr(td, split).texts))
 
     def _adaptreg(self) -> tuple[list[list[float | None]], list[float | None]]:
         """Route each test row among the tasks seen so far; right only if routed home and labelled right."""
@@ -344,7 +352,8 @@ class ContinualBenchmark:
         routing: list[float | None] = []
         for i, (name, td) in enumerate(self.tasks):
             # every labelled row the task came with (train + validation; never test)
-            router.add_task(name, np.concatenate([self.features[i]["train"], self.features[i]["val"]]),
+            router.add_task(name, np.concatenate([self._router_features(router, i, "train"),
+                                                  self._router_features(router, i, "val")]),
                             list(td.train.y) + list(td.val.y))
             seen = self.names[: i + 1]
             correct_route = []
@@ -357,7 +366,7 @@ class ContinualBenchmark:
                     routed = [o["task"] for o in out]
                     ok = [o["task"] == self.names[j] and o["label"] == tdj.labels[y] for o, y in zip(out, tdj.test.y)]
                 else:
-                    routed, _ = router.route(self.features[j]["test"])
+                    routed, _ = router.route(self._router_features(router, j, "test"))
                     ok = [r == self.names[j] and p == y for r, p, y in zip(routed, self.adapter_preds[j], tdj.test.y)]
                 R[i][j] = float(np.mean(ok)) if ok else None
                 correct_route += [r == self.names[j] for r in routed]
