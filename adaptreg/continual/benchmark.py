@@ -574,7 +574,6 @@ def _with_test_cap(spec: str, td: Any, per_class: int) -> Any:
             texts.append(r["text"])
             ys.append(index[lab])
     td.test = Split(texts, ys)
-    td.extra["test_per_class"] = per_class
     return td
 
 
