@@ -1007,3 +1007,8 @@ def plot_compare(rows: list[dict[str, Any]], metric: str, path: str | os.PathLik
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def as_registry(registry: "Registry | str | os.PathLike | None") -> Registry:
+    """A Registry as given, or one opened at a location (None = the default ``./registry``)."""
+    return registry if isinstance(registry, Registry) else Registry(registry)

@@ -18,10 +18,11 @@ from typing import Any
 from . import artifact
 from ._util import atomic_dir, seed_everything
 from ._version import __version__
-from .base import LoadedBase, default_targets, encode, load_base, mean_pool, resolve_base
+from .base import LoadedBase, default_targets, encode, fingerprint, load_base, mean_pool, resolve_base
 from .config import LoraSettings, TrainSettings
 from .data.tasks import TaskData, load_task
 from .errors import ConfigError
+from .registry import as_registry as _registry
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +371,7 @@ def onboard(
         peft_model.unload()  # take the LoRA layers out again; the base module is left as it was
         for p in lb.model.parameters():
             p.requires_grad_(False)
-    result.base_unchanged = lb.fingerprint == fp_before == _fresh_fingerprint(lb)
+    result.base_unchanged = fingerprint(lb.model) == fp_before
     if route and reg is not None and register:
         from .compose.router import add_task_to_registry_router
 
@@ -381,17 +382,6 @@ def onboard(
         result.extra["features"] = features
     return result
 
-
-def _fresh_fingerprint(lb: LoadedBase) -> str:
-    from .base import fingerprint
-
-    return fingerprint(lb.model)
-
-
-def _registry(registry: Any) -> Any:
-    from .registry import Registry
-
-    return registry if isinstance(registry, Registry) else Registry(registry)
 
 
 def _init_from(reg: Any, spec: str, peft_model: Any, lb: LoadedBase) -> dict[str, Any]:

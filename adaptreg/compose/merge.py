@@ -36,6 +36,7 @@ from .._version import __version__
 from ..base import LoadedBase, load_base, pooled_features
 from ..data.tasks import load_task_from_manifest
 from ..errors import ConfigError, DataError, MergeError
+from ..registry import as_registry as _registry
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +139,6 @@ def _accuracy(pooled: Any, head: artifact.Head, y: list[int]) -> float:
     pred = (pooled @ head.weight.float().T + head.bias.float()).argmax(-1).tolist()
     return sum(int(p == t) for p, t in zip(pred, y)) / len(y) if y else float("nan")
 
-
-def _registry(registry: Any) -> Any:
-    from ..registry import Registry
-
-    return registry if isinstance(registry, Registry) else Registry(registry)
 
 
 # --------------------------------------------------------------------------- merge

@@ -53,9 +53,9 @@ class Predictor:
 
     def __init__(self, registry: Any = None, base: str | LoadedBase = "minilm", tasks: Sequence[str] | None = None,
                  alias: str | None = "production", router: Router | bool | None = None, threshold: float | None = None):
-        from ..registry import Registry
+        from ..registry import as_registry
 
-        reg = registry if isinstance(registry, Registry) else Registry(registry)
+        reg = as_registry(registry)
         lb = base if isinstance(base, LoadedBase) else load_base(base)
         names = list(tasks) if tasks else _task_names(reg)
         if not names:

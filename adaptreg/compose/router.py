@@ -33,6 +33,7 @@ import numpy as np
 
 from .._util import dump_json
 from ..errors import ConfigError, DataError, IntegrityError, NotFittedError
+from ..registry import as_registry as _registry
 
 logger = logging.getLogger(__name__)
 
@@ -392,11 +393,6 @@ ROUTER_PATH = "router"
 _KIND_TAG = "adaptreg.kind"
 _STATUS_TAG = "adaptreg.status"
 
-
-def _registry(registry: Any) -> Any:
-    from ..registry import Registry
-
-    return registry if isinstance(registry, Registry) else Registry(registry)
 
 
 def register_router(registry: Any, router: Router, description: str = "") -> dict[str, Any]:

@@ -151,6 +151,12 @@ def _accuracy(pred: Sequence[int], y: Sequence[int]) -> float | None:
     return float(np.mean(np.asarray(pred) == np.asarray(y))) if len(y) else None
 
 
+def _fixed_per_task(acc: list[float | None]) -> list[list[float | None]]:
+    """R for a strategy whose accuracy on task j never changes once j is learnt (probe, oracle)."""
+    T = len(acc)
+    return [[acc[j] if j <= i else None for j in range(T)] for i in range(T)]
+
+
 def _empty(T: int) -> list[list[float | None]]:
     return [[None] * T for _ in range(T)]
 
@@ -217,11 +223,7 @@ class ContinualBenchmark:
         res.probe_baseline = self._probe()
         res.timings["features_and_probe"] = time.perf_counter() - t0
         if "probe" in self.strategies:
-            R = _empty(self.T)
-            for i in range(self.T):
-                for j in range(i + 1):
-                    R[i][j] = res.probe_baseline[j]
-            res.R["probe"] = R
+            res.R["probe"] = _fixed_per_task(res.probe_baseline)
             res.timings["probe"] = res.timings["features_and_probe"]
 
         if any(x in self.strategies for x in ADAPTER_STRATEGIES):
@@ -230,11 +232,7 @@ class ContinualBenchmark:
             self._train_task_adapters()
             res.timings["task_adapters"] = time.perf_counter() - t
             if "oracle" in self.strategies:
-                R = _empty(self.T)
-                for i in range(self.T):
-                    for j in range(i + 1):
-                        R[i][j] = self.adapter_acc[j]
-                res.R["oracle"] = R
+                res.R["oracle"] = _fixed_per_task(self.adapter_acc)
                 res.timings["oracle"] = res.timings["task_adapters"]
             if "adaptreg" in self.strategies:
                 t = time.perf_counter()
