@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import BaseModelError
@@ -157,27 +158,25 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
 
 
 def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64,
-                    layer: int = -1) -> Any:
+                    layer: int | Sequence[int] = -1) -> Any:
     """Mean-pooled hidden states of ``texts`` through ``model`` (float32 torch tensor, input order).
 
-    ``layer`` indexes the hidden states (-1 = last layer output, -2 = the layer before, 0 = embeddings).
+    ``layer`` indexes the hidden states (-1 = last layer output, -2 = the layer before, 0 = embeddings);
+    a sequence of indices gives each layer's pooled states side by side, in that order.
     Texts are batched in order of token length (little padding) and put back in input order.
     """
     import torch
 
     enc = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-    out = None
+    n_layers = 1 if isinstance(layer, int) else len(layer)
+    out = torch.zeros((len(texts), n_layers * int(model.config.hidden_size)))
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             b = tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-            h = hidden_states(model, {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, layer)
-            pooled = mean_pool(h, b["attention_mask"]).float()
-            if out is None:
-                out = torch.empty((len(texts), pooled.shape[1]))
-            out[idx] = pooled
-    return out if out is not None else torch.zeros((0, int(model.config.hidden_size)))
+            out[idx] = pooled_states(model, {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, layer)
+    return out
 
 
 def hidden_states(model: Any, inputs: dict, layer: int = -1) -> Any:
@@ -187,6 +186,25 @@ def hidden_states(model: Any, inputs: dict, layer: int = -1) -> Any:
     return model(**inputs, output_hidden_states=True).hidden_states[layer]
 
 
-def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64, layer: int = -1) -> Any:
+def pooled_states(model: Any, inputs: dict, layer: int | Sequence[int] = -1) -> Any:
+    """Mean-pooled float32 states of one batch: one layer, or several side by side (one forward)."""
+    import torch
+
+    mask = inputs["attention_mask"]
+    if isinstance(layer, int):
+        return mean_pool(hidden_states(model, inputs, layer), mask).float()
+    states = model(**inputs, output_hidden_states=True).hidden_states
+    bad = [i for i in layer if not -len(states) <= i < len(states)]
+    if bad:
+        from .errors import ConfigError
+
+        raise ConfigError(f"hidden-state index {bad[0]} does not exist: this base has {len(states)} (embeddings + "
+                          f"{len(states) - 1} layers); pick layers in [-{len(states)}, {len(states) - 1}], "
+                          "e.g. Router(layers=(-2,))")
+    return torch.cat([mean_pool(states[i], mask).float() for i in layer], -1)
+
+
+def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64,
+           layer: int | Sequence[int] = -1) -> Any:
     """Frozen-base mean-pooled features of ``texts`` (float32 numpy array, one row per text)."""
     return pooled_features(base.model, base.tokenizer, texts, max_length, batch_size, layer).numpy()

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from adaptreg.base import encode, load_base
+    from adaptreg.base import load_base
     from adaptreg.compose.merge import ExportedModel, export_merged, merge_adapters
     from adaptreg.compose.predict import Predictor
     from adaptreg.compose.router import Router, abstention_rate, routing_report
@@ -111,17 +111,17 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- routing
     routing = {}
     for ml in (64,) if args.quick else (64, args.max_length):
-        layer = Router().layer  # the router's default feature layer
-        router = Router(max_length=ml).fit({n: encode(lb, td.train.texts, ml, layer=layer) for n, td in tds.items()},
-                                           {n: td.train.y for n, td in tds.items()})
+        router = Router(max_length=ml)
+        router.fit({n: router.features(lb, td.train.texts) for n, td in tds.items()},
+                   {n: td.train.y for n, td in tds.items()})
         if ml == 64:
             router64 = router
         if args.quick:
             continue
-        test_feats = {n: encode(lb, td.test.texts, ml, layer=layer) for n, td in tds.items()}
+        test_feats = {n: router.features(lb, td.test.texts) for n, td in tds.items()}
         rep = routing_report(router, test_feats)
         no_abstain = routing_report(router, test_feats, threshold=1e9)
-        ood_feats = {k: encode(lb, v, ml, layer=layer) for k, v in ood_sets(100).items()}
+        ood_feats = {k: router.features(lb, v) for k, v in ood_sets(100).items()}
         ood = {k: abstention_rate(router, f) for k, f in ood_feats.items()}
         routing[ml] = {"accuracy": rep["accuracy"], "false_abstention": rep["abstained"],
                        "accuracy_without_abstention": no_abstain["accuracy"],

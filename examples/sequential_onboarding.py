@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> list[list[float | None]]:
     specs = [s.strip() for s in args.data.split(",") if s.strip()]
     base = load_base(args.base)
     train = TrainSettings(epochs=args.epochs, max_length=args.max_length)
-    router = Router(threshold=math.inf, max_length=args.max_length, layer=-1)  # closed world; onboarding's features
+    router = Router(threshold=math.inf, max_length=args.max_length, layers=(-1,))  # closed world; onboarding's features
     out = Path(args.out or tempfile.mkdtemp(prefix="adaptreg-seq-"))
     names, data, artifacts = [], [], {}
     R: list[list[float | None]] = []

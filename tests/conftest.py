@@ -44,7 +44,8 @@ def build_tiny_bert(directory: Path, seed: int = 0, hidden: int = 32) -> Path:
     tok = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(directory)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+    # 4 layers: deep enough for the router's default feature layers (-4, -2)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=4, num_attention_heads=2,
                      intermediate_size=2 * hidden, max_position_embeddings=128)
     BertModel(cfg, add_pooling_layer=False).save_pretrained(directory)
     return directory

@@ -90,6 +90,26 @@ def test_merge_registers_with_parents_and_keeps_every_head(world, tmp_path, tmp_
     assert out[0]["label"] in world["tds"]["topic"].labels and out[1]["label"] in world["tds"]["senti"].labels
 
 
+def test_tune_picks_scale_and_density_on_validation_and_builds_that_merge(world, tmp_path):
+    lb, tds = world["lb"], world["tds"]
+    res = merge_adapters({t: world["ads"][t] for t in ("topic", "senti")}, name="tuned", method="ties", base=lb,
+                         register=False, output=tmp_path / "tuned", data=tds, tune=True)
+    tuning = res.manifest["merge"]["tuning"]
+    grid = tuning["grid"]
+    assert tuning["on"] == "validation" and len(grid) == 25
+    best = max(grid, key=lambda g: (g["min"], g["mean"]))
+    assert best["min"] == max(g["min"] for g in grid)
+    assert res.manifest["merge"]["density"] == tuning["chosen"]["density"] == best["density"]
+    assert res.manifest["merge"]["weights"] == [tuning["chosen"]["scale"]] * 2
+    # the written adapter is the chosen candidate: its validation accuracy is the one the grid recorded
+    pred = Predictor.from_artifacts(lb, {t: res.artifact_dir for t in ("topic", "senti")})
+    for t in ("topic", "senti"):
+        val = tds[t].val
+        out = pred.predict(val.texts, task=t)
+        acc = sum(r["label"] == tds[t].labels[y] for r, y in zip(out, val.y)) / len(val.y)
+        assert acc == pytest.approx(best["val_retention"][t] * tuning["source_val_accuracy"][t], abs=1e-9)
+
+
 def test_svd_merge_of_different_ranks(world, tmp_path):
     lb, tds = world["lb"], world["tds"]
     r8 = make_adapter(lb, "senti", tds["senti"], tmp_path / "r8", rank=8)

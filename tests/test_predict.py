@@ -260,3 +260,12 @@ def test_minilm_routes_and_predicts(tmp_path):
     acc = sum(r["task"] == t for r, (t, _) in zip(out, rows)) / len(rows)
     assert acc > 0.8
     assert pred.predict(["Der Hund schläft im Garten und träumt."])[0]["task"] == UNKNOWN
+
+
+def test_router_layers_the_base_lacks_are_refused_by_name(world):
+    from adaptreg.errors import ConfigError
+
+    deep = Router(layers=(-9, -2))  # the tiny base has 5 hidden states
+    with pytest.raises(ConfigError, match="hidden-state index -9 does not exist: this base has 5"):
+        deep.features(world["lb"], ["a b c"])
+    assert Router(layers=(0, -1)).features(world["lb"], ["a b c", "d"]).shape == (2, 2 * world["lb"].hidden_size)

@@ -58,7 +58,9 @@ def test_add_task_keeps_only_compact_statistics(data):
     r = _fit_all(train)
     n_classes = sum(len(set(y.tolist())) for _, y in train.values())
     assert r.means_.shape == (n_classes, DIM)
-    assert r.scatters_.shape == (len(train), DIM, DIM)  # one scatter per task, independent of its row count
+    blocks = len(r.feature_layers)  # one block of features per frozen-base layer
+    half = DIM // blocks
+    assert r.scatters_.shape == (len(train), blocks, half, half)  # per task and block, independent of its row count
     assert r.counts_.sum() == sum(len(y) for _, y in train.values())
 
 
@@ -137,3 +139,37 @@ def test_replace_task_equals_fresh_fit():
     np.testing.assert_allclose(r.scatters_, fresh.scatters_)
     with pytest.raises(ConfigError, match="already routed"):
         fresh.add_task("a", a)
+
+
+def test_threshold_one_refuses_about_the_quantile_of_held_out_rows():
+    """Cross-fitted calibration: at the default threshold (1.0 = the 0.99 quantile of held-out
+    distances) about 1 % of fresh in-distribution rows abstain, not the several % that in-sample
+    (too small) distances in many dimensions would give."""
+    rng = np.random.default_rng(3)
+    centres = {t: rng.normal(size=DIM) for t in ("a", "b", "c")}
+    r = Router()
+    for t, c in centres.items():
+        r.add_task(t, *_task(rng, c, n=200))
+    fresh = np.vstack([_task(rng, c, n=2000)[0] for c in centres.values()])
+    rate = abstention_rate(r, fresh)
+    assert 0.002 < rate < 0.03, rate
+    assert abstention_rate(r, fresh, threshold=0.8) > rate  # a lower threshold refuses more
+
+
+def test_features_must_split_into_one_block_per_layer():
+    with pytest.raises(DataError, match="not a multiple"):
+        Router(layers=(-4, -2)).add_task("x", np.ones((5, 7)))
+    with pytest.raises(ConfigError, match="layers is empty"):
+        Router(layers=()).add_task("x", np.ones((5, 8)))
+
+
+def test_router_of_an_older_schema_is_refused_with_the_fix(data, tmp_path):
+    import json
+
+    train, _ = data
+    _fit_all(train).save(tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "router.json").read_text())
+    meta["schema_version"] = 1
+    (tmp_path / "r" / "router.json").write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="route add TASK... --rebuild"):
+        Router.load(tmp_path / "r")

@@ -51,7 +51,7 @@ def _split(value: str | None, what: str) -> list[str] | None:
 @click.option("--task", default=None, help="Use this task's adapter for every row (no routing).")
 @click.option("--tasks", "task_list", default=None, metavar="T1,T2", help="Only load these tasks (default: every task).")
 @click.option("--alias", default="production", show_default=True, help="Adapter version per task: this alias if set, else the latest.")
-@click.option("--threshold", type=float, default=None, help="Router abstention threshold (route_score above it -> unknown; default 1.2).")
+@click.option("--threshold", type=float, default=None, help="Router abstention threshold (route_score above it -> unknown; default 1.0).")
 @click.option("--no-router", is_flag=True, help="Do not load the registered router (then --task is needed with several tasks).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", default=None, metavar="FILE.csv|FILE.jsonl", help="Write predictions to a file instead of stdout.")
@@ -157,11 +157,13 @@ def _write_predictions(rows: list[dict[str, Any]], path: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output directory.")
 @click.option("--no-register", is_flag=True, help="Do not register the result (needs --output).")
 @click.option("--no-eval", is_flag=True, help="Skip evaluating retention on the source tasks' test sets.")
+@click.option("--tune", is_flag=True, help="Choose a weight scale (x0.5-x2) and, for ties/dare, the density on the "
+              "sources' validation splits (best worst-task retention); test splits are only used to report.")
 @_base_option
 @registry_option
 @json_option
 def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, density: float, svd_rank: int | None,
-          output: str | None, overwrite: bool, no_register: bool, no_eval: bool, base: str | None,
+          output: str | None, overwrite: bool, no_register: bool, no_eval: bool, tune: bool, base: str | None,
           registry: str | None, as_json: bool) -> None:
     """Merge task adapters into one adapter NAME that keeps every task's head; report retention.
 
@@ -172,6 +174,7 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
     Examples:
       adaptreg merge news sentiment --name news+sentiment --method ties --density 0.5
       adaptreg merge news@2 sentiment --name combo --method linear --weights 0.7,0.3 --json
+      adaptreg merge news sentiment --name combo --method ties --tune
     """
     from ..compose.merge import merge_adapters
 
@@ -181,14 +184,15 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
     log(f"merging {', '.join(tasks)} with {method}")
     res = merge_adapters(list(tasks), name=name, method=method, weights=w, density=density, svd_rank=svd_rank,
                          base=lb, registry=reg, register=not no_register, output=output, overwrite=overwrite,
-                         evaluate=not no_eval)
+                         evaluate=not no_eval, tune=tune)
     emit(res.summary(), as_json, _merge_human)
 
 
 def _merge_human(s: dict[str, Any]) -> str:
     lines = [f"merged     {s['name']}" + (f" (version {s['version']})" if s.get("version") else ""),
              f"artifact   {s['artifact_dir']}",
-             f"method     {s['merge']['method']}  weights {s['merge']['weights']}  density {s['merge']['density']}",
+             f"method     {s['merge']['method']}  weights {s['merge']['weights']}  density {s['merge']['density']}"
+             + ("  (tuned on validation)" if s["merge"].get("tuning") else ""),
              "parents    " + ", ".join(f"{p['task']}@{p['version']}" for p in s["parents"])]
     rows = [{"task": t, **r} for t, r in s["retention"].items()]
     if rows:
@@ -241,7 +245,7 @@ def route() -> None:
 @click.option("--rebuild", is_flag=True, help="Start a new router instead of extending the latest one.")
 @click.option("--max-length", type=click.IntRange(8), default=64, show_default=True,
               help="Token length of routing features (only for a new router).")
-@click.option("--threshold", type=float, default=None, help="Abstention threshold stored in the router (default 1.2).")
+@click.option("--threshold", type=float, default=None, help="Abstention threshold stored in the router (default 1.0).")
 @_base_option
 @registry_option
 @json_option
@@ -299,7 +303,7 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
     if router is None:
         raise NotFoundError("no router registered: build one with `adaptreg route add TASK...`")
     lb = _base_for(reg, router.tasks_, base)
-    feats = {t: task_features(reg, t, lb, int(router.max_length), split)[0] for t in router.tasks_}
+    feats = {t: task_features(reg, t, lb, router, split)[0] for t in router.tasks_}
     report = routing_report(router, feats, threshold)
     report["version"] = getattr(router, "registry_version_", None)
     report["split"] = split

@@ -160,6 +160,7 @@ def merge_adapters(
     data: dict[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    tune: bool = False,
 ) -> MergeResult:
     """Merge task adapters into one new adapter ``name``, keep every source's head, evaluate, register.
 
@@ -168,6 +169,10 @@ def merge_adapters(
     ``evaluate``: measure merged and source accuracy on each source task's test split
     (``data[task]`` = a TaskData or a data file; default: rebuilt from the manifest) and record
     ``retention = merged / source``.
+    ``tune``: choose a common scale of the weights (x0.5 to x2) and, for ties/dare_*, the density
+    on the source tasks' *validation* splits, keeping the candidate whose worst retention there is
+    highest (the TIES paper tunes its scale λ on validation the same way); ``weights`` and
+    ``density`` are the starting point, the grid is recorded in the manifest.
     """
     artifact.validate_task_name(name)
     if method not in METHODS:
@@ -193,7 +198,6 @@ def merge_adapters(
 
     from peft import PeftModel
 
-    seed_everything(seed)  # dare_* prunes at random
     net = copy.deepcopy(lb.model)
     names = {t: f"src{i}" for i, t in enumerate(paths)}
     model = None
@@ -202,21 +206,23 @@ def merge_adapters(
             model = PeftModel.from_pretrained(net, p, adapter_name=names[t], is_trainable=False)
         else:
             model.load_adapter(p, adapter_name=names[t], is_trainable=False)
-    kw: dict[str, Any] = {"density": float(density)} if method in ("ties", "dare_ties", "dare_linear") else {}
+    has_density = method in ("ties", "dare_ties", "dare_linear")
+    heads = {t: artifact.load_head(p) for t, p in paths.items()}
+    tuning = None
+    if tune:
+        weights, density, tuning = _tune(model, names, manifests, heads, lb, method, weights, float(density),
+                                         svd_rank, data, seed, batch_size)
+    kw: dict[str, Any] = {"density": float(density)} if has_density else {}
     if method == "svd" and svd_rank:
         kw["svd_rank"] = int(svd_rank)
     merged = "default"
-    try:
-        model.add_weighted_adapter(list(names.values()), weights, merged, combination_type=method, **kw)
-    except (ValueError, TypeError) as exc:
-        raise MergeError(f"PEFT refused the {method} merge: {str(exc).splitlines()[0]}") from None
-    _fix_rslora_scaling(model, merged)
+    seed_everything(seed)  # dare_* prunes at random
+    _add_merged(model, names, weights, merged, method, kw)
     for pname, prm in model.named_parameters():
         if f".{merged}." in pname and not prm.isfinite().all():
             raise MergeError(f"the {method} merge produced non-finite weights in {pname}; try other --weights")
     model.eval()
 
-    heads = {t: artifact.load_head(p) for t, p in paths.items()}
     max_length = max(int((m.get("training") or {}).get("max_length", 256)) for m in manifests.values())
     retention: dict[str, Any] = {}
     if evaluate:
@@ -228,10 +234,8 @@ def merge_adapters(
                 retention[t] = {"source_accuracy": None, "merged_accuracy": None, "retention": None}
                 continue
             ml = int((m.get("training") or {}).get("max_length", 256))
-            model.set_adapter(names[t])
-            src_acc = _accuracy(pooled_features(model, lb.tokenizer, test.texts, ml, batch_size), heads[t], test.y)
-            model.set_adapter(merged)
-            mrg_acc = _accuracy(pooled_features(model, lb.tokenizer, test.texts, ml, batch_size), heads[t], test.y)
+            src_acc = _adapter_accuracy(model, names[t], lb, test, ml, heads[t], batch_size)
+            mrg_acc = _adapter_accuracy(model, merged, lb, test, ml, heads[t], batch_size)
             retention[t] = {"source_accuracy": src_acc, "merged_accuracy": mrg_acc, "n_test": len(test.y),
                             "retention": mrg_acc / src_acc if src_acc else None}
     cfg = model.peft_config[merged]
@@ -252,7 +256,7 @@ def merge_adapters(
         "metrics": {"retention": retention, "mean_retention": sum(rets) / len(rets) if rets else None,
                     "test_accuracy": sum(accs) / len(accs) if accs else None},
         "merge": {"method": method, "weights": weights, "density": float(density) if kw.get("density") else None,
-                  "svd_rank": kw.get("svd_rank"), "sources": list(paths), "heads": {}},
+                  "svd_rank": kw.get("svd_rank"), "sources": list(paths), "heads": {}, "tuning": tuning},
         "parents": parents,
         "libraries": artifact.library_versions(),
     }
@@ -274,6 +278,64 @@ def merge_adapters(
         final = write_into(d)
         version = reg.register(d)
     return MergeResult(name, final, version.get("path") if version else None, version, retention)
+
+
+def _adapter_accuracy(model: Any, adapter: str, lb: LoadedBase, split: Any, max_length: int, head: artifact.Head,
+                      batch_size: int) -> float:
+    model.set_adapter(adapter)
+    return _accuracy(pooled_features(model, lb.tokenizer, split.texts, max_length, batch_size), head, split.y)
+
+
+def _add_merged(model: Any, names: dict[str, str], weights: list[float], merged: str, method: str,
+                kw: dict[str, Any]) -> None:
+    try:
+        model.add_weighted_adapter(list(names.values()), weights, merged, combination_type=method, **kw)
+    except (ValueError, TypeError) as exc:
+        raise MergeError(f"PEFT refused the {method} merge: {str(exc).splitlines()[0]}") from None
+    _fix_rslora_scaling(model, merged)
+
+
+TUNE_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)
+TUNE_DENSITIES = (0.2, 0.35, 0.5, 0.7, 0.9)
+
+
+def _tune(model: Any, names: dict[str, str], manifests: dict[str, dict[str, Any]], heads: dict[str, artifact.Head],
+          lb: LoadedBase, method: str, weights: list[float], density: float, svd_rank: int | None,
+          data: dict[str, Any] | None, seed: int, batch_size: int) -> tuple[list[float], float, dict[str, Any]]:
+    """Grid over a common weight scale (and density) scored on the sources' validation splits."""
+    vals, src = {}, {}
+    for t, m in manifests.items():
+        try:
+            vals[t] = load_task_from_manifest(m, (data or {}).get(t)).val
+        except DataError as exc:
+            raise MergeError(f"cannot tune: {t!r} has no validation data ({exc}); merge without --tune") from None
+        if not vals[t].y:
+            raise MergeError(f"cannot tune: {t!r} has an empty validation split; merge without --tune")
+    ml = {t: int((m.get("training") or {}).get("max_length", 256)) for t, m in manifests.items()}
+    for t in manifests:
+        src[t] = _adapter_accuracy(model, names[t], lb, vals[t], ml[t], heads[t], batch_size)
+    has_density = method in ("ties", "dare_ties", "dare_linear")
+    grid = []
+    for d in (TUNE_DENSITIES if has_density else (density,)):
+        for scale in TUNE_SCALES:
+            w = [x * scale for x in weights]
+            kw: dict[str, Any] = {"density": d} if has_density else {}
+            if method == "svd" and svd_rank:
+                kw["svd_rank"] = int(svd_rank)
+            seed_everything(seed)
+            _add_merged(model, names, w, "tune", method, kw)
+            ret = {t: (_adapter_accuracy(model, "tune", lb, vals[t], ml[t], heads[t], batch_size) / src[t]
+                       if src[t] else 0.0) for t in manifests}
+            model.delete_adapter("tune")
+            grid.append({"density": d if has_density else None, "scale": scale, "val_retention": ret,
+                         "min": min(ret.values()), "mean": sum(ret.values()) / len(ret)})
+            logger.info("tune %s density=%s scale=%s: val retention %s", method, d, scale,
+                        {t: round(r, 3) for t, r in ret.items()})
+    best = max(grid, key=lambda g: (g["min"], g["mean"], g["scale"] == 1.0))
+    chosen_w = [x * best["scale"] for x in weights]
+    return chosen_w, best["density"] if has_density else density, {
+        "on": "validation", "criterion": "max of the worst source's validation retention, then the mean",
+        "source_val_accuracy": src, "chosen": {"density": best["density"], "scale": best["scale"]}, "grid": grid}
 
 
 def _fix_rslora_scaling(model: Any, merged: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import artifact
-from ..base import LoadedBase, hidden_states, load_base, mean_pool
+from ..base import LoadedBase, load_base, mean_pool, pooled_states
 from ..errors import ConfigError, NotFoundError
 from .router import UNKNOWN, Router
 
@@ -128,10 +128,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ forward passes
     def _pooled(self, texts: list[str], max_lengths: list[int], adapters: list[str] | None, batch_size: int,
-                group: bool = True, layer: int = -1) -> Any:
+                group: bool = True, layer: int | Sequence[int] = -1) -> Any:
         """Mean-pooled last hidden states, one row per text, in input order.
 
-        ``adapters`` None = adapters disabled (frozen base); else the PEFT adapter name per row.
+        ``adapters`` None = adapters disabled (frozen base), pooling hidden state(s) ``layer``
+        (:func:`adaptreg.base.pooled_states`); else the PEFT adapter name per row.
         ``group``: order rows by (adapter, length) so that most batches hold one adapter; the few
         batches that straddle two tasks still run as one mixed forward. Otherwise by length only.
         """
@@ -142,7 +143,8 @@ class Predictor:
             order = sorted(range(len(texts)), key=lambda i: (adapters[i], len(enc[i])))
         else:
             order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-        out = torch.empty((len(texts), self.base.hidden_size))
+        width = self.base.hidden_size * (1 if isinstance(layer, int) else len(layer))
+        out = torch.empty((len(texts), width))
         with torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
@@ -150,11 +152,10 @@ class Predictor:
                 kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
                 if adapters is None:
                     with self.model.disable_adapter():
-                        hidden = hidden_states(self.model, kw, layer)
+                        out[idx] = pooled_states(self.model, kw, layer)
                 else:
-                    names = [adapters[i] for i in idx]
-                    hidden = self._adapter_forward(kw, names)
-                out[idx] = mean_pool(hidden, batch["attention_mask"]).float()
+                    hidden = self._adapter_forward(kw, [adapters[i] for i in idx])
+                    out[idx] = mean_pool(hidden, batch["attention_mask"]).float()
         return out
 
     def _adapter_forward(self, kw: dict[str, Any], names: list[str]) -> Any:
@@ -178,10 +179,10 @@ class Predictor:
         return hidden
 
     def route_features(self, texts: list[str], batch_size: int = 32) -> Any:
-        """Frozen-base features at the router's max_length and layer (numpy, input order)."""
+        """Frozen-base features at the router's max_length and layers (numpy, input order)."""
         ml = self.router.max_length if self.router is not None else 64
-        layer = int(self.router.layer) if self.router is not None else -1
-        return self._pooled(list(texts), [int(ml)] * len(texts), None, batch_size, layer=layer).numpy()
+        layers = list(self.router.feature_layers) if self.router is not None else -1
+        return self._pooled(list(texts), [int(ml)] * len(texts), None, batch_size, layer=layers).numpy()
 
     def route(self, texts: list[str], threshold: float | None = None, batch_size: int = 32) -> tuple[list[str], Any]:
         if self.router is None:

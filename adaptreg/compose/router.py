@@ -1,20 +1,21 @@
 """Route a text to the task it belongs to, from frozen-base features, or abstain.
 
 The router is a nearest-class-mean rule under one shared, shrunk within-class covariance (the
-decision rule of linear discriminant analysis with equal priors). It keeps only compact
-statistics per task: each class's count and mean, and the task's within-class scatter matrix.
-The pooled covariance is the sum of the tasks' scatters, so :meth:`Router.add_task` never
-needs an earlier task's data, and adding tasks one by one gives exactly the router that
-:meth:`Router.fit` builds from all of them at once.
+decision rule of linear discriminant analysis with equal priors), on features pooled from a few
+frozen-base layers (one block per layer, block-diagonal covariance: distances add over layers).
+It keeps only compact statistics per task: each class's count and mean, and the task's
+within-class scatter matrix per block. The pooled covariance is the sum of the tasks' scatters,
+so :meth:`Router.add_task` never needs an earlier task's data.
 
 Abstention: a row whose squared Mahalanobis distance to its nearest class mean is far above what
-that task's own rows show is routed ``"unknown"``. Calibration uses training statistics only
-(never test data): the ``quantile`` of the task's training distances over their mean (a shape
-factor stored when the task is added), times the task's mean in-sample distance under the current
-pooled covariance (``trace(Wᵀ S_t W) / n_t``, exact from the stored scatter), corrected from
-in-sample to held-out by a leave-one-out (Sherman-Morrison) downdate. ``route_score`` is the
-distance over that calibrated quantile: 1.0 = the edge of what held-out rows of the task are
-expected to show; above ``threshold`` (default ``DEFAULT_THRESHOLD`` = 1.2) means abstain. See docs/composition.md.
+that task's held-out rows show is routed ``"unknown"``. Calibration uses training data only
+(never test data): when a task is added, its rows are cross-fitted (each fold measured against
+statistics that never saw it), and the ``quantile`` of those held-out distances over the task's
+mean in-sample distance is stored. At routing time that ratio times the mean in-sample distance
+under the *current* pooled covariance (``trace(Wᵀ S_t W) / n_t``, exact from the stored scatter)
+is the task's calibrated quantile. ``route_score`` is the distance over it: 1.0 = the edge of
+what held-out rows of the task show; above ``threshold`` (default ``DEFAULT_THRESHOLD`` = 1.0)
+means abstain. See docs/composition.md.
 
 Saved as ``router.safetensors`` (arrays) + ``router.json`` (parameters, task and label names);
 no pickle anywhere.
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 ROUTER_FILE = "router.safetensors"
 ROUTER_JSON = "router.json"
-ROUTER_SCHEMA = 1
+ROUTER_SCHEMA = 2
 
 
 def _oas(cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
@@ -54,7 +55,13 @@ def _oas(cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     return (1.0 - s) * cov + s * mu * np.eye(p), s
 
 
-DEFAULT_THRESHOLD = 1.2
+DEFAULT_THRESHOLD = 1.0
+DEFAULT_LAYERS = (-4, -2)
+
+
+def _layers(layers: Any) -> tuple[int, ...]:
+    return (int(layers),) if isinstance(layers, (int, np.integer)) else tuple(int(v) for v in layers)
+
 
 class Router:
     """Task router on frozen-base features: nearest class mean, shared shrunk covariance, abstention.
@@ -63,37 +70,41 @@ class Router:
     ----------
     threshold : float or None
         Abstain when ``route_score`` (distance / calibrated quantile) exceeds it; None =
-        ``DEFAULT_THRESHOLD`` (1.2 times the calibrated ``quantile`` of in-distribution training
-        distances; chosen on validation splits and synthetic out-of-domain text, docs/composition.md).
+        ``DEFAULT_THRESHOLD`` (1.0: refuse what lies beyond the ``quantile`` of the task's own
+        held-out distances, so about 1 % of genuine rows; docs/composition.md has the trade-off).
     quantile : float
-        Which quantile of each task's training distances defines ``route_score == 1``.
+        Which quantile of each task's held-out (cross-fitted) distances defines ``route_score == 1``.
     shrinkage : "oas" or float in [0, 1]
         Shrinkage of the pooled within-class covariance towards a scaled identity.
     normalize : bool
-        L2-normalise features first (cosine geometry of sentence embeddings).
+        L2-normalise each layer's features first (cosine geometry of sentence embeddings).
     max_length : int
         Token length the routing features are computed at (recorded so that callers encode
         texts the same way at fit and route time; shorter = cheaper routing).
-    layer : int
-        Which frozen-base hidden state the routing features pool (-1 = last layer, -2 = the one
-        before). Default -2, chosen on validation data: MiniLM's last layer is trained for
-        sentence similarity and blurs the domain cues a router needs (docs/composition.md).
+    layers : tuple of int
+        Which frozen-base hidden states the routing features pool (-1 = last layer, -2 = the one
+        before); features are the layers' pooled states side by side, one block each, and the
+        distance is the sum of the blocks' Mahalanobis distances (a block-diagonal covariance).
+        Default (-4, -2), chosen on validation data (docs/composition.md).
+    folds : int
+        Cross-fitting folds that calibrate a new task's held-out distances when it is added.
     """
 
     def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
-                 normalize: bool = True, max_length: int = 64, layer: int = -2):
+                 normalize: bool = True, max_length: int = 64, layers: Any = DEFAULT_LAYERS, folds: int = 5):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
         self.normalize = normalize
         self.max_length = max_length
-        self.layer = layer
+        self.layers = layers
+        self.folds = folds
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
                 "normalize": self.normalize, "max_length": self.max_length,
-                "layer": self.layer}
+                "layers": list(self.feature_layers), "folds": self.folds}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -104,16 +115,25 @@ class Router:
             raise ConfigError(f"shrinkage == {self.shrinkage!r}, must be 'oas' or a number in [0, 1]")
         if int(self.max_length) < 8:
             raise ConfigError(f"max_length == {self.max_length}, must be >= 8")
+        if not self.feature_layers:
+            raise ConfigError("layers is empty; give at least one hidden-state index, e.g. (-2,)")
+        if int(self.folds) < 2:
+            raise ConfigError(f"folds == {self.folds}, must be >= 2")
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """``layers`` as a tuple of hidden-state indices (an int is accepted as one layer)."""
+        return _layers(self.layers)
 
     def features(self, base: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Frozen-base routing features of ``texts``, at this router's ``max_length`` and ``layer``."""
+        """Frozen-base routing features of ``texts``, at this router's ``max_length`` and ``layers``."""
         from ..base import encode
 
-        return encode(base, list(texts), int(self.max_length), batch_size, layer=int(self.layer))
+        return encode(base, list(texts), int(self.max_length), batch_size, layer=self.feature_layers)
 
     # ------------------------------------------------------------------ learning
     def fit(self, features_by_task: dict[str, Any], labels_by_task: dict[str, Any] | None = None) -> "Router":
-        """Learn from every task at once (same result as calling :meth:`add_task` per task)."""
+        """Learn from every task at once (same result as calling :meth:`add_task` per task, in order)."""
         for attr in ("tasks_", "class_tasks_", "class_labels_", "counts_", "means_", "scatters_", "ratios_"):
             if hasattr(self, attr):
                 delattr(self, attr)
@@ -155,57 +175,100 @@ class Router:
             self.class_labels_: list[str] = []
             self.counts_ = np.zeros(0, dtype=np.int64)
             self.means_ = np.zeros((0, x.shape[1]))
-            self.scatters_ = np.zeros((0, x.shape[1], x.shape[1]))
+            _, blocks, d = self._blocks(x).shape
+            self.scatters_ = np.zeros((0, blocks, d, d))
             self.ratios_ = np.zeros(0)
         if x.shape[1] != self.means_.shape[1]:
             raise DataError(f"task {task!r}: features have {x.shape[1]} dimensions, the router has {self.means_.shape[1]}; "
-                            "use the same base for every task")
+                            "use the same base (and layers) for every task")
         if task in self.tasks_:
             raise ConfigError(f"task {task!r} is already routed; build a new Router to replace it")
         yy = np.zeros(len(x), dtype=np.int64) if y is None else np.asarray(y)
         if len(yy) != len(x):
             raise DataError(f"task {task!r}: {len(x)} feature rows but {len(yy)} labels")
         classes = sorted(set(yy.tolist()), key=str)
-        means, counts = [], []
-        scatter = np.zeros((x.shape[1], x.shape[1]))
-        for c in classes:
-            xc = x[yy == c]
-            m = xc.mean(0)
-            d = xc - m
-            scatter += d.T @ d
-            means.append(m)
-            counts.append(len(xc))
+        counts, means, scatter = self._class_stats(x, yy, classes)
+        ratio = self._held_out_ratio(x, yy, classes, scatter)
         self.tasks_.append(task)
         self.class_tasks_ += [task] * len(classes)
         self.class_labels_ += [str(c) for c in classes]
-        self.counts_ = np.concatenate([self.counts_, np.asarray(counts, dtype=np.int64)])
-        self.means_ = np.vstack([self.means_, np.asarray(means)])
+        self.counts_ = np.concatenate([self.counts_, counts])
+        self.means_ = np.vstack([self.means_, means])
         self.scatters_ = np.concatenate([self.scatters_, scatter[None]])
-        self.ratios_ = np.append(self.ratios_, self._own_ratio(x, yy, classes, np.asarray(means), scatter))
+        self.ratios_ = np.append(self.ratios_, ratio)
         self._cache = None
         return self
 
-    def _own_ratio(self, x, yy, classes, means, scatter) -> float:
-        """quantile / mean of the task's training distances to their nearest own class, under its own covariance."""
-        dof = len(x) - len(classes)
-        if dof < 1:
-            return 1.0
-        w, _ = self._whitener(scatter / dof, dof)
-        z = (x @ w)[:, None, :] - (means @ w)[None]
-        d2 = (z ** 2).sum(-1).min(1)
-        mean = float(d2.mean())
-        return float(np.quantile(d2, self.quantile)) / mean if mean > 0 else 1.0
+    def _blocks(self, x: np.ndarray) -> np.ndarray:
+        """[rows, dims] -> [rows, blocks, dims per block] (one block per layer)."""
+        b = len(self.feature_layers)
+        if x.shape[-1] % b:
+            raise DataError(f"features have {x.shape[-1]} dimensions, not a multiple of the router's {b} layers "
+                            f"{list(self.feature_layers)}; compute them with Router.features()")
+        return x.reshape(*x.shape[:-1], b, x.shape[-1] // b)
 
-    def _whitener(self, cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-        """W with W Wᵀ = inverse of the shrunk covariance, and the shrinkage used."""
-        if self.shrinkage == "oas":
-            cov, s = _oas(cov, n)
-        else:
-            s = float(self.shrinkage)
-            cov = (1 - s) * cov + s * (np.trace(cov) / len(cov)) * np.eye(len(cov))
-        vals, vecs = np.linalg.eigh(cov)
-        vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
-        return vecs / np.sqrt(vals), s
+    def _class_stats(self, x: np.ndarray, yy: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count per class, mean per class, within-class scatter per block [blocks, d, d])."""
+        counts, means = [], []
+        xb = self._blocks(x)
+        scatter = np.zeros((xb.shape[1], xb.shape[2], xb.shape[2]))
+        for c in classes:
+            sel = yy == c
+            m = x[sel].mean(0)
+            d = self._blocks(x[sel] - m)
+            scatter += np.einsum("nbi,nbj->bij", d, d)
+            means.append(m)
+            counts.append(int(sel.sum()))
+        return np.asarray(counts, dtype=np.int64), np.asarray(means), scatter
+
+    def _held_out_ratio(self, x: np.ndarray, yy: np.ndarray, classes: list, scatter: np.ndarray) -> float:
+        """``quantile`` over mean of the task's cross-fitted held-out distances (a shape factor).
+
+        Each fold's rows are measured against class means and a pooled covariance (the routed
+        tasks' scatters plus this task's other folds) that never saw them. At routing time the
+        factor multiplies the task's expected held-out distance under the *current* covariance
+        (:meth:`_state`), so it transfers when later tasks sharpen the covariance.
+        """
+        n_other = int(self.counts_.sum()) - len(self.counts_)
+        other = self.scatters_.sum(0) if len(self.scatters_) else np.zeros_like(scatter)
+        k = min(int(self.folds), len(x))
+        fold = np.random.default_rng(0).permutation(len(x)) % k
+        held = np.empty(len(x))
+        for f in range(k):
+            tr, te = fold != f, fold == f
+            cls = [c for c in classes if (yy[tr] == c).any()]
+            _, means, s_f = self._class_stats(x[tr], yy[tr], cls)
+            dof_f = n_other + int(tr.sum()) - len(cls)
+            w_f, _ = self._whiteners((other + s_f) / max(dof_f, 1), dof_f)
+            held[te] = self._d2(x[te], w_f, means).min(1)
+        mean = float(held.mean())
+        return float(np.quantile(held, self.quantile)) / mean if mean > 0 else 1.0
+
+    def _whiteners(self, cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+        """Per block W with W Wᵀ = inverse of the shrunk covariance [blocks, d, d], and the mean shrinkage."""
+        if n < 1:
+            return np.broadcast_to(np.eye(cov.shape[-1]), cov.shape).copy(), 1.0
+        out, shrinks = [], []
+        for c in cov:
+            if self.shrinkage == "oas":
+                c, s = _oas(c, n)
+            else:
+                s = float(self.shrinkage)
+                c = (1 - s) * c + s * (np.trace(c) / len(c)) * np.eye(len(c))
+            vals, vecs = np.linalg.eigh(c)
+            vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
+            out.append(vecs / np.sqrt(vals))
+            shrinks.append(s)
+        return np.stack(out), float(np.mean(shrinks))
+
+    def _d2(self, x: np.ndarray, w: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each mean, summed over blocks [rows, means]."""
+        xb, mb = self._blocks(x), self._blocks(means)
+        d2 = np.zeros((len(x), len(means)))
+        for b in range(w.shape[0]):
+            z, mz = xb[:, b] @ w[b], mb[:, b] @ w[b]
+            d2 += (z ** 2).sum(1)[:, None] - 2 * z @ mz.T + (mz ** 2).sum(1)[None]
+        return np.maximum(d2, 0.0)
 
     def _prep(self, features: Any) -> np.ndarray:
         x = np.asarray(features, dtype=np.float64)
@@ -214,7 +277,8 @@ class Router:
         if not np.isfinite(x).all():
             raise DataError("features contain NaN or inf")
         if self.normalize:
-            x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+            xb = self._blocks(x)
+            x = (xb / np.clip(np.linalg.norm(xb, axis=-1, keepdims=True), 1e-12, None)).reshape(x.shape)
         return x
 
     def _check_fitted(self) -> None:
@@ -222,34 +286,29 @@ class Router:
             raise NotFittedError("This Router instance is not fitted yet. Call 'add_task' or 'fit' with frozen-base "
                                  "training features first (or `adaptreg route add TASK`)")
 
-    def _state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(whitener W, whitened class means, per-task calibrated quantile of d²), cached."""
+    def _state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(per-block whiteners W, per-task calibrated quantile of d²), cached."""
         if self._cache is None:
             n = int(self.counts_.sum())
             dof = n - len(self.counts_)
-            dim = self.means_.shape[1]
-            pooled = self.scatters_.sum(0)
-            if dof >= 1:
-                w, shrink = self._whitener(pooled / dof, dof)
-            else:
-                w, shrink = np.eye(dim), 1.0
+            w, shrink = self._whiteners(self.scatters_.sum(0) / max(dof, 1), dof)
             cls_task = np.array([self.tasks_.index(t) for t in self.class_tasks_])
-            q = np.empty(len(self.tasks_))
             c = (1.0 - shrink) / max(dof, 1)
-            for i, t in enumerate(self.tasks_):
+            q = np.empty(len(self.tasks_))
+            for i in range(len(self.tasks_)):
                 counts = self.counts_[cls_task == i]
-                n_t = int(counts.sum())
-                # mean in-sample d² of the task's rows to their class mean = trace(Wᵀ S_t W) / n_t
-                q_in = self.ratios_[i] * float(np.sum(w * (self.scatters_[i] @ w))) / n_t  # sum(W∘SW), not einsum: 50x faster
-                # A row's own contribution shrinks its in-sample distance. Leaving it out is a
-                # rank-one downdate of the shrunk covariance, (1 - s) v vᵀ / dof, so by
-                # Sherman-Morrison the held-out distance is d² / (1 - c d²), c = (1 - s) / dof;
-                # leaving it out of its class mean scales d² by (n_c / (n_c - 1))².
                 n_c = max(float(counts.mean()), 2.0)
-                q[i] = q_in / max(1.0 - c * q_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
-            q = np.maximum(q, 1e-12)
-            self._cache = (w, self.means_ @ w, q, cls_task)
-        return self._cache[:3]
+                held = 0.0
+                for wb, sb in zip(w, self.scatters_[i]):
+                    # mean in-sample d² of the task's rows to their class mean = trace(Wᵀ S_t W) / n_t.
+                    # Leaving a row out of the covariance is a rank-one downdate, (1 - s) v vᵀ / dof, so
+                    # by Sherman-Morrison its held-out distance is d² / (1 - c d²), c = (1 - s) / dof;
+                    # leaving it out of its class mean scales d² by (n_c / (n_c - 1))².
+                    d_in = float(np.sum(wb * (sb @ wb))) / int(counts.sum())
+                    held += d_in / max(1.0 - c * d_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
+                q[i] = self.ratios_[i] * held
+            self._cache = (w, np.maximum(q, 1e-12), cls_task)
+        return self._cache[:2]
 
     @property
     def threshold_(self) -> float:
@@ -260,11 +319,9 @@ class Router:
         """Squared Mahalanobis distance of each row to each task's nearest class mean [rows, tasks]."""
         self._check_fitted()
         x = self._prep(features)
-        w, mw, _ = self._state()
-        cls_task = self._cache[3]
-        z = x @ w
-        d2 = (z ** 2).sum(1)[:, None] - 2 * z @ mw.T + (mw ** 2).sum(1)[None]
-        d2 = np.maximum(d2, 0.0)
+        w, _ = self._state()
+        cls_task = self._cache[2]
+        d2 = self._d2(x, w, self.means_)
         out = np.full((len(x), len(self.tasks_)), np.inf)
         for i in range(len(self.tasks_)):
             out[:, i] = d2[:, cls_task == i].min(1)
@@ -273,7 +330,7 @@ class Router:
     def decision_scores(self, features: Any) -> np.ndarray:
         """``route_score`` of each row for each task: distance / calibrated quantile (lower = closer)."""
         d = self.task_distances(features)
-        return d / self._state()[2][None]
+        return d / self._state()[1][None]
 
     def route(self, features: Any, threshold: float | None = None,
               tasks: list[str] | None = None) -> tuple[list[str], np.ndarray]:
@@ -288,7 +345,7 @@ class Router:
         if thr <= 0:
             raise ConfigError(f"threshold == {thr}, must be > 0")
         d = self.task_distances(features)
-        _, _, q = self._state()
+        _, q = self._state()
         if tasks is not None:
             missing = [t for t in tasks if t not in self.tasks_]
             if missing:
@@ -332,11 +389,13 @@ class Router:
         if not (d / ROUTER_JSON).is_file() or not (d / ROUTER_FILE).is_file():
             raise IntegrityError(f"{d} is not a saved router: {ROUTER_JSON} or {ROUTER_FILE} is missing")
         meta = json.loads((d / ROUTER_JSON).read_text(encoding="utf-8"))
+        if meta.get("schema_version") != ROUTER_SCHEMA:
+            raise IntegrityError(f"{d} holds a router of schema {meta.get('schema_version')}, this adaptreg reads "
+                                 f"schema {ROUTER_SCHEMA}; rebuild it with `adaptreg route add TASK... --rebuild`")
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
-        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layer"}
-        params = {"layer": -1, **meta["params"]}  # routers saved before `layer` existed pooled the last layer
-        router = cls(**{k: v for k, v in params.items() if k in known})
+        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds"}
+        router = cls(**{k: v for k, v in meta["params"].items() if k in known})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
         router.class_tasks_ = list(meta["class_tasks"])
@@ -495,10 +554,9 @@ def _local_dir(source: str) -> Path | None:
     return None
 
 
-def task_features(registry: Any, task: str, base: Any, max_length: int, split: str = "train",
-                  version: int | None = None, data: Any = None, layer: int = -1) -> tuple[Any, list[int]]:
-    """Frozen-base features of a registered task's ``split``, rebuilt from its manifest's data source + seed."""
-    from ..base import encode
+def task_features(registry: Any, task: str, base: Any, router: Router, split: str = "train",
+                  version: int | None = None, data: Any = None) -> tuple[Any, list[int]]:
+    """``router``'s features of a registered task's ``split``, rebuilt from its manifest's data source + seed."""
     from ..data.tasks import load_task_from_manifest
 
     reg = _registry(registry)
@@ -506,7 +564,7 @@ def task_features(registry: Any, task: str, base: Any, max_length: int, split: s
     manifest = json.loads((Path(rec["path"]) / "manifest.json").read_text(encoding="utf-8"))
     td = load_task_from_manifest(manifest, data)
     part = getattr(td, split)
-    return encode(base, part.texts, max_length, layer=layer), list(part.y)
+    return router.features(base, part.texts), list(part.y)
 
 
 def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: Any = None,
@@ -515,6 +573,6 @@ def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: An
     register the result as a new router version. A fresh ``Router()`` when none exists yet."""
     reg = _registry(registry)
     current = router if router is not None else (load_router(reg) or Router())
-    x, y = task_features(reg, task, base, int(current.max_length), "train", data=data, layer=int(current.layer))
+    x, y = task_features(reg, task, base, current, "train", data=data)
     current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
     return current, register_router(reg, current)
