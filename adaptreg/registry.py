@@ -502,6 +502,10 @@ class Registry:
                 self._held.depth = 0
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the local registry's write lock around a read-modify-write (re-entrant; no-op remotely)."""
+        return self._lock()
+
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one MLflow write (``fn(*args, **kwargs)``) under the local lock, retrying transient failures.
 

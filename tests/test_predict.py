@@ -269,3 +269,32 @@ def test_router_layers_the_base_lacks_are_refused_by_name(world):
     with pytest.raises(ConfigError, match="hidden-state index -9 does not exist: this base has 5"):
         deep.features(world["lb"], ["a b c"])
     assert Router(layers=(0, -1)).features(world["lb"], ["a b c", "d"]).shape == (2, 2 * world["lb"].hidden_size)
+
+
+def test_concurrent_router_updates_keep_every_task(world, tmp_path, tmp_path_factory):
+    """Two onboardings adding their task at once: the second must extend the first's router
+    (read-modify-write under the registry lock), not an older version."""
+    import threading
+
+    from adaptreg.compose.router import add_task_to_registry_router, load_router
+    from adaptreg.registry import Registry
+
+    reg = fresh_registry(tmp_path / "reg", tmp_path_factory.getbasetemp())
+    for t in ("topic", "senti"):
+        reg.register(world["ads"][t])
+    start, errors = threading.Barrier(2), []
+
+    def add(task: str) -> None:
+        try:
+            start.wait()
+            add_task_to_registry_router(Registry(tmp_path / "reg"), task, world["lb"])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(t,)) for t in ("topic", "senti")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert sorted(load_router(reg).tasks_) == ["senti", "topic"]

@@ -571,9 +571,18 @@ def task_features(registry: Any, task: str, base: Any, router: Router, split: st
 def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: Any = None,
                                 router: Router | None = None) -> tuple[Router, dict[str, Any]]:
     """Add ``task`` (its training split, from the manifest's data source) to the latest router and
-    register the result as a new router version. A fresh ``Router()`` when none exists yet."""
+    register the result as a new router version. A fresh ``Router()`` when none exists yet.
+
+    On a local registry, reading the latest router, adding the task and registering the result
+    happen under the registry's lock, so two onboardings at once cannot both extend the same
+    version and lose each other's task. The features are computed before taking the lock.
+    """
     reg = _registry(registry)
-    current = router if router is not None else (load_router(reg) or Router())
-    x, y = task_features(reg, task, base, current, "train", data=data)
-    current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
-    return current, register_router(reg, current)
+    first = router if router is not None else (load_router(reg) or Router())
+    x, y = task_features(reg, task, base, first, "train", data=data)
+    with reg.locked():
+        current = router if router is not None else (load_router(reg) or Router())
+        if (current.max_length, current.feature_layers) != (first.max_length, first.feature_layers):
+            x, y = task_features(reg, task, base, current, "train", data=data)  # rebuilt meanwhile
+        current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
+        return current, register_router(reg, current)
