@@ -50,7 +50,7 @@ class OnboardResult:
             "task": self.task, "artifact_dir": self.artifact_dir,
             "version": None if self.version is None else self.version.get("version"),
             "base": m["base"], "base_unchanged": self.base_unchanged, "data": m["data"], "adapter": m["adapter"],
-            "training": m["training"], "metrics": m["metrics"], "report": m["report"],
+            "training": m["training"], "metrics": m["metrics"], "report": m["report"], "parents": m.get("parents", []),
             "router_version": self.extra.get("router_version"),
         }
 

@@ -165,3 +165,27 @@ def test_stacked_adapters_add_up(world, tmp_path):
     assert (both.features(texts) - alone).abs().max() > 1e-3
     labels, confs = both.predict(texts)
     assert set(labels) <= set(world["tds"]["senti"].labels) and len(confs) == len(texts)
+
+
+def test_cli_predict_stack(world, tmp_path, tmp_path_factory):
+    reg = fresh_registry(tmp_path / "reg", tmp_path_factory.getbasetemp())
+    for t in ("topic", "senti"):
+        reg.register(world["ads"][t])
+    texts = world["tds"]["senti"].test.texts[:6]
+    common = ["--registry", str(tmp_path / "reg"), "--base", str(world["lb"].id), "--json"]
+    for t in texts:
+        common += ["--text", t]
+    run = CliRunner()
+
+    def call(*extra: str) -> list[dict]:
+        res = run.invoke(main, ["predict", "--task", "senti", *extra, *common])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    plain, off, both = call(), call("--stack", "topic:0"), call("--stack", "topic")
+    assert [r["text"] for r in both] == texts and {r["stack"] for r in both} == {"topic:1"}
+    assert [r["label"] for r in off] == [r["label"] for r in plain]  # weight 0 = senti alone
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(off, plain)) < 1e-5
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(both, plain)) > 1e-4
+    bad = run.invoke(main, ["predict", "--stack", "topic", *common])
+    assert bad.exit_code != 0 and "give --task T as well" in bad.output

@@ -53,14 +53,16 @@ def _split(value: str | None, what: str) -> list[str] | None:
 @click.option("--alias", default="production", show_default=True, help="Adapter version per task: this alias if set, else the latest.")
 @click.option("--threshold", type=float, default=None, help="Router abstention threshold (route_score above it -> unknown; default 1.0).")
 @click.option("--no-router", is_flag=True, help="Do not load the registered router (then --task is needed with several tasks).")
+@click.option("--stack", "stack", multiple=True, metavar="TASK[:WEIGHT]",
+              help="With --task: also apply this task's adapter, added to --task's (repeatable; weight scales it, default 1).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", default=None, metavar="FILE.csv|FILE.jsonl", help="Write predictions to a file instead of stdout.")
 @_base_option
 @registry_option
 @json_option
 def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col: str | None, task: str | None,
-            task_list: str | None, alias: str, threshold: float | None, no_router: bool, batch_size: int,
-            output: str | None, base: str | None, registry: str | None, as_json: bool) -> None:
+            task_list: str | None, alias: str, threshold: float | None, no_router: bool, stack: tuple[str, ...],
+            batch_size: int, output: str | None, base: str | None, registry: str | None, as_json: bool) -> None:
     """Classify texts with the registered task adapters, routing each text to its task.
 
     One output row per input row, in input order, with the id column carried through. Rows the
@@ -71,11 +73,14 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
       adaptreg predict --text "The striker scored twice" --text "Shares fell 3%"
       adaptreg predict --data inbox.csv --text-col body --id-col id --output predictions.csv
       adaptreg predict --data reviews.jsonl --task sentiment --json
+      adaptreg predict --data reviews.jsonl --task sentiment --stack movies-domain:0.5
     """
     from ..errors import ConfigError, DataError
 
     if bool(data_path) == bool(texts):
         raise ConfigError("give either --data PATH or one or more --text, not both or neither")
+    if stack and not task:
+        raise ConfigError("--stack adds adapters to one task's adapter: give --task T as well")
     rows: list[dict[str, Any]]
     if data_path:
         from ..compose.predict import read_table
@@ -93,6 +98,15 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
     from ..compose.predict import Predictor
 
     reg = _registry(registry)
+    if stack:
+        out = _predict_stacked(reg, task, stack, alias, base, inputs, rows, id_col, batch_size)
+        if output:
+            _write_predictions(out, output)
+            log(f"wrote {len(out)} predictions to {output}")
+            return
+        cols = ([id_col] if id_col else []) + ["task", "label", "confidence", "text"]
+        emit(out, as_json, lambda rs: table([{**r, "text": r["text"][:60]} for r in rs], cols))
+        return
     names = _split(task_list, "task") or ([task] if task else None)
     if names is None:
         from ..compose.predict import _task_names
@@ -119,6 +133,36 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
         return
     cols = ([id_col] if id_col else []) + ["task", "label", "confidence", "route_score", "text"]
     emit(out, as_json, lambda rs: table([{**r, "text": r["text"][:60]} for r in rs], cols))
+
+
+def _predict_stacked(reg: Any, task: str, stack: tuple[str, ...], alias: str, base: str | None, inputs: list[str],
+                     rows: list[dict[str, Any]], id_col: str | None, batch_size: int) -> list[dict[str, Any]]:
+    """``task``'s adapter and head with the ``stack`` adapters added (additive composition)."""
+    from ..compose.predict import _resolve
+    from ..compose.stack import StackedModel
+    from ..errors import ConfigError
+
+    weights: dict[str, float] = {}
+    for item in stack:
+        name, _, w = item.partition(":")
+        try:
+            weights[name] = float(w) if w else 1.0
+        except ValueError:
+            raise ConfigError(f"--stack {item}: the weight after ':' must be a number, e.g. {name}:0.5") from None
+    if task in weights:
+        raise ConfigError(f"--stack {task}: that is --task's own adapter, already applied")
+    lb = _base_for(reg, [task, *weights], base)
+    paths = {t: _resolve(reg, t, alias, lb)["path"] for t in [task, *weights]}
+    log(f"stacking {', '.join(f'{t} x{w:g}' for t, w in weights.items())} on {task}")
+    model = StackedModel(lb, paths, head=task, weights=weights)
+    labels, confs = model.predict(inputs, batch_size) if inputs else ([], [])
+    out = []
+    for src, text, lab, conf in zip(rows, inputs, labels, confs):
+        row = {id_col: src.get(id_col)} if id_col else {}
+        row.update({"text": text, "task": task, "label": lab, "confidence": conf,
+                    "stack": ",".join(f"{t}:{w:g}" for t, w in weights.items())})
+        out.append(row)
+    return out
 
 
 def _write_predictions(rows: list[dict[str, Any]], path: str) -> None:
