@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from _report import emit
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,10 +75,7 @@ def main() -> None:
                 "transfer_points": {"mean": statistics.mean(gains), "per_seed": gains},
                 "fresh_val_epoch1": stat("fresh", "val_accuracy_epoch1"),
                 "init_from_val_epoch1": stat("init_from", "val_accuracy_epoch1")}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

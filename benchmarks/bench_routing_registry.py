@@ -21,6 +21,8 @@ import random
 import sys
 import time
 
+from _report import emit
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,10 +87,7 @@ def main() -> None:
         for thr in [float(v) for v in args.sweep.split(",")]]
     o = out["overall"]
     o["gap_points"] = 100 * (o["label_accuracy_task_given"] - o["label_accuracy_routed"])
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

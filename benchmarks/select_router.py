@@ -21,6 +21,8 @@ import sys
 
 LAYER_SETS = ((-1,), (-2,), (-3,), (-4,), (-2, -1), (-4, -2), (-4, -3, -2), (-6, -5, -4, -3, -2, -1))
 
+from _report import emit
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,10 +121,7 @@ def main() -> None:
         tradeoff.append(row)
     out = {"tasks": tasks, "layer_selection": selection, "default_layers": list(default.feature_layers),
            "threshold_tradeoff": tradeoff}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

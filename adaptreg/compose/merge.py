@@ -326,6 +326,7 @@ def _tune(model: Any, names: dict[str, str], manifests: dict[str, dict[str, Any]
             _add_merged(model, names, w, "tune", method, kw)
             ret = {t: (_adapter_accuracy(model, "tune", lb, vals[t], ml[t], heads[t], batch_size) / src[t]
                        if src[t] else 0.0) for t in manifests}
+            model.set_adapter(names[next(iter(manifests))])  # deleting the active adapter warns
             model.delete_adapter("tune")
             grid.append({"density": d if has_density else None, "scale": scale, "val_retention": ret,
                          "min": min(ret.values()), "mean": sum(ret.values()) / len(ret)})
