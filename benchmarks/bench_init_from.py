@@ -55,7 +55,7 @@ def main() -> None:
                                   progress=False, train=TrainSettings(epochs=args.epochs, max_length=args.max_length,
                                                                       seed=seed),
                                   init_from=args.source if start == "init_from" else None)
-                    hist = res.manifest["training"]["history"]
+                    hist = res.manifest["history"]
                     run = {"per_class": n, "seed": seed, "start": start,
                            "test_accuracy": res.metrics["test_accuracy"],
                            "val_accuracy_epoch1": hist[0]["val_accuracy"], "n_train": res.manifest["data"]["n_train"],

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("linear", "ties", "dare_ties", "dare_linear", "svd", "cat")
 _SAME_RANK = ("linear", "ties", "dare_ties", "dare_linear")
+_WITH_DENSITY = ("ties", "dare_ties", "dare_linear")
 EXPORT_JSON = "adaptreg_export.json"
 
 
@@ -206,15 +207,12 @@ def merge_adapters(
             model = PeftModel.from_pretrained(net, p, adapter_name=names[t], is_trainable=False)
         else:
             model.load_adapter(p, adapter_name=names[t], is_trainable=False)
-    has_density = method in ("ties", "dare_ties", "dare_linear")
     heads = {t: artifact.load_head(p) for t, p in paths.items()}
     tuning = None
     if tune:
         weights, density, tuning = _tune(model, names, manifests, heads, lb, method, weights, float(density),
                                          svd_rank, data, seed, batch_size)
-    kw: dict[str, Any] = {"density": float(density)} if has_density else {}
-    if method == "svd" and svd_rank:
-        kw["svd_rank"] = int(svd_rank)
+    kw = _merge_kwargs(method, density, svd_rank)
     merged = "default"
     seed_everything(seed)  # dare_* prunes at random
     _add_merged(model, names, weights, merged, method, kw)
@@ -286,6 +284,13 @@ def _adapter_accuracy(model: Any, adapter: str, lb: LoadedBase, split: Any, max_
     return _accuracy(pooled_features(model, lb.tokenizer, split.texts, max_length, batch_size), head, split.y)
 
 
+def _merge_kwargs(method: str, density: float, svd_rank: int | None) -> dict[str, Any]:
+    kw: dict[str, Any] = {"density": float(density)} if method in _WITH_DENSITY else {}
+    if method == "svd" and svd_rank:
+        kw["svd_rank"] = int(svd_rank)
+    return kw
+
+
 def _add_merged(model: Any, names: dict[str, str], weights: list[float], merged: str, method: str,
                 kw: dict[str, Any]) -> None:
     try:
@@ -314,16 +319,12 @@ def _tune(model: Any, names: dict[str, str], manifests: dict[str, dict[str, Any]
     ml = {t: int((m.get("training") or {}).get("max_length", 256)) for t, m in manifests.items()}
     for t in manifests:
         src[t] = _adapter_accuracy(model, names[t], lb, vals[t], ml[t], heads[t], batch_size)
-    has_density = method in ("ties", "dare_ties", "dare_linear")
+    has_density = method in _WITH_DENSITY
     grid = []
     for d in (TUNE_DENSITIES if has_density else (density,)):
         for scale in TUNE_SCALES:
-            w = [x * scale for x in weights]
-            kw: dict[str, Any] = {"density": d} if has_density else {}
-            if method == "svd" and svd_rank:
-                kw["svd_rank"] = int(svd_rank)
             seed_everything(seed)
-            _add_merged(model, names, w, "tune", method, kw)
+            _add_merged(model, names, [x * scale for x in weights], "tune", method, _merge_kwargs(method, d, svd_rank))
             ret = {t: (_adapter_accuracy(model, "tune", lb, vals[t], ml[t], heads[t], batch_size) / src[t]
                        if src[t] else 0.0) for t in manifests}
             model.set_adapter(names[next(iter(manifests))])  # deleting the active adapter warns
@@ -332,7 +333,7 @@ def _tune(model: Any, names: dict[str, str], manifests: dict[str, dict[str, Any]
                          "min": min(ret.values()), "mean": sum(ret.values()) / len(ret)})
             logger.info("tune %s density=%s scale=%s: val retention %s", method, d, scale,
                         {t: round(r, 3) for t, r in ret.items()})
-    best = max(grid, key=lambda g: (g["min"], g["mean"], g["scale"] == 1.0))
+    best = max(grid, key=lambda g: (g["min"], g["mean"]))  # first in grid order on ties
     chosen_w = [x * best["scale"] for x in weights]
     return chosen_w, best["density"] if has_density else density, {
         "on": "validation", "criterion": "max of the worst source's validation retention, then the mean",
