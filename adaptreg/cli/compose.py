@@ -100,12 +100,7 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
     reg = _registry(registry)
     if stack:
         out = _predict_stacked(reg, task, stack, alias, base, inputs, rows, id_col, batch_size)
-        if output:
-            _write_predictions(out, output)
-            log(f"wrote {len(out)} predictions to {output}")
-            return
-        cols = ([id_col] if id_col else []) + ["task", "label", "confidence", "text"]
-        emit(out, as_json, lambda rs: table([{**r, "text": r["text"][:60]} for r in rs], cols))
+        _deliver(out, ([id_col] if id_col else []) + ["task", "label", "confidence", "text"], output, as_json)
         return
     names = _split(task_list, "task") or ([task] if task else None)
     if names is None:
@@ -127,11 +122,15 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
     if t.get("n"):
         log(f"{t['n']} rows in {t['total_s']:.2f} s (routing {t['route_s']:.2f} s, adapters {t['adapter_s']:.2f} s); "
             f"{sum(r['task'] == 'unknown' for r in out)} unknown")
+    _deliver(out, ([id_col] if id_col else []) + ["task", "label", "confidence", "route_score", "text"], output, as_json)
+
+
+def _deliver(out: list[dict[str, Any]], cols: list[str], output: str | None, as_json: bool) -> None:
+    """Predictions to ``output`` (CSV/JSONL) if given, else to stdout (table, or JSON with --json)."""
     if output:
         _write_predictions(out, output)
         log(f"wrote {len(out)} predictions to {output}")
         return
-    cols = ([id_col] if id_col else []) + ["task", "label", "confidence", "route_score", "text"]
     emit(out, as_json, lambda rs: table([{**r, "text": r["text"][:60]} for r in rs], cols))
 
 
