@@ -189,7 +189,7 @@ class Router:
             raise DataError(f"task {task!r}: {len(x)} feature rows but {len(yy)} labels")
         classes = sorted(set(yy.tolist()), key=str)
         counts, means, scatter = self._class_stats(x, yy, classes)
-        ratio = self._held_out_ratio(x, yy, classes, scatter)
+        ratio = self._held_out_ratio(x, yy, classes)
         self.tasks_.append(task)
         self.class_tasks_ += [task] * len(classes)
         self.class_labels_ += [str(c) for c in classes]
@@ -222,7 +222,7 @@ class Router:
             counts.append(int(sel.sum()))
         return np.asarray(counts, dtype=np.int64), np.asarray(means), scatter
 
-    def _held_out_ratio(self, x: np.ndarray, yy: np.ndarray, classes: list, scatter: np.ndarray) -> float:
+    def _held_out_ratio(self, x: np.ndarray, yy: np.ndarray, classes: list) -> float:
         """``quantile`` over mean of the task's cross-fitted held-out distances (a shape factor).
 
         Each fold's rows are measured against class means and a pooled covariance (the routed
@@ -231,7 +231,7 @@ class Router:
         (:meth:`_state`), so it transfers when later tasks sharpen the covariance.
         """
         n_other = int(self.counts_.sum()) - len(self.counts_)
-        other = self.scatters_.sum(0) if len(self.scatters_) else np.zeros_like(scatter)
+        other = self.scatters_.sum(0)  # zeros for the first task
         k = min(int(self.folds), len(x))
         fold = np.random.default_rng(0).permutation(len(x)) % k
         held = np.empty(len(x))
