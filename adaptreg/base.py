@@ -158,16 +158,19 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
 
 
 def pooled_features(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64,
-                    layer: int | Sequence[int] = -1) -> Any:
+                    layer: int | Sequence[int] = -1, truncation: str = "head") -> Any:
     """Mean-pooled hidden states of ``texts`` through ``model`` (float32 torch tensor, input order).
 
     ``layer`` indexes the hidden states (-1 = last layer output, -2 = the layer before, 0 = embeddings);
     a sequence of indices gives each layer's pooled states side by side, in that order.
-    Texts are batched in order of token length (little padding) and put back in input order.
+    Texts are batched in order of token length (little padding) and put back in input order;
+    ``truncation`` is ``head`` or ``head+tail`` (:func:`adaptreg.trunk.tokenize`).
     """
     import torch
 
-    enc = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    from .trunk import tokenize
+
+    enc = tokenize(tokenizer, texts, max_length, truncation)
     order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
     n_layers = 1 if isinstance(layer, int) else len(layer)
     out = torch.zeros((len(texts), n_layers * int(model.config.hidden_size)))
@@ -205,6 +208,6 @@ def pooled_states(model: Any, inputs: dict, layer: int | Sequence[int] = -1) -> 
 
 
 def encode(base: LoadedBase, texts: list[str], max_length: int, batch_size: int = 64,
-           layer: int | Sequence[int] = -1) -> Any:
+           layer: int | Sequence[int] = -1, truncation: str = "head") -> Any:
     """Frozen-base mean-pooled features of ``texts`` (float32 numpy array, one row per text)."""
-    return pooled_features(base.model, base.tokenizer, texts, max_length, batch_size, layer).numpy()
+    return pooled_features(base.model, base.tokenizer, texts, max_length, batch_size, layer, truncation).numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,6 +10,9 @@ from .errors import ConfigError
 
 ADAPTER_KINDS = ("lora", "dora", "lora-fa")
 SCHEDULES = ("constant", "linear", "cosine")
+TRUNCATIONS = ("head", "head+tail")
+HEAD_INITS = ("random", "probe")
+SELECTS = ("best", "adapter")
 
 
 @dataclass
@@ -29,6 +33,9 @@ class LoraSettings:
             raise ConfigError(f"rank == {self.rank}, must be >= 1")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"dropout == {self.dropout}, must be in [0, 1)")
+        for name in ("alpha", "dropout"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ConfigError(f"{name} == {getattr(self, name)}, must be a finite number")
         if float(self.alpha) <= 0:
             raise ConfigError(f"alpha == {self.alpha}, must be > 0")
         if self.targets is not None and not [t for t in self.targets if t.strip()]:
@@ -42,30 +49,51 @@ class LoraSettings:
 class TrainSettings:
     """How the adapter is trained. Defaults were chosen on validation data (docs/onboarding.md)."""
 
-    epochs: int = field(default=3, metadata={"help": "Maximum epochs."})
+    epochs: int = field(default=0, metadata={"help": "Epochs; 0 = from the task's size (enough for --target-steps, within --min-epochs..--max-epochs)."})
+    target_steps: int = field(default=300, metadata={"help": "With --epochs 0: optimiser steps to aim for."})
+    min_epochs: int = field(default=4, metadata={"help": "With --epochs 0: at least this many epochs."})
+    max_epochs: int = field(default=12, metadata={"help": "With --epochs 0: at most this many epochs."})
     batch_size: int = field(default=16, metadata={"help": "Examples per step."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (adapter and head)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    schedule: str = field(default="linear", metadata={"help": "constant, linear or cosine decay after warm-up."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warm-up."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per text; longer texts are truncated."})
+    schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine decay after warm-up."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps with linear warm-up."})
+    max_length: int = field(default=0, metadata={"help": "Tokens per text; 0 = the 90th percentile of the task's training texts, at most --length-cap."})
+    length_cap: int = field(default=128, metadata={"help": "With --max-length 0: the most tokens a text may get."})
+    truncation: str = field(default="head+tail", metadata={"help": "Over-long texts: keep the head, or the head and the tail (head+tail)."})
+    adapted_layers: int = field(default=2, metadata={"help": "LoRA sits on the top N layers; the layers below are a frozen trunk computed once per text (0 = every layer)."})
+    head_init: str = field(default="random", metadata={"help": "Task head start: random, or the linear probe's weights (probe)."})
+    select: str = field(default="best", metadata={"help": "best: register the better of adapter and linear probe on validation; adapter: always the adapter."})
+    select_z: float = field(default=1.0, metadata={"help": "The adapter replaces the probe only if it wins on validation by z standard errors of the paired difference (and by one row)."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
-    patience: int = field(default=2, metadata={"help": "Early stopping: epochs without validation gain before stopping (0 = off)."})
+    patience: int = field(default=4, metadata={"help": "Early stopping: epochs without validation gain before stopping (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed for split, init, shuffling and dropout."})
     fgm_epsilon: float = field(default=0.0, metadata={"help": "FGM adversarial training on embeddings: perturbation norm (0 = off)."})
     eval_batch_size: int = field(default=64, metadata={"help": "Examples per evaluation step."})
+    cache_ram_mb: int = field(default=2048, metadata={"help": "Trunk cache above this many MB goes to a disk-backed array."})
 
     def __post_init__(self) -> None:
         checks = [
-            ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("target_steps", self.target_steps >= 1, ">= 1"), ("min_epochs", self.min_epochs >= 1, ">= 1"),
+            ("max_epochs", self.max_epochs >= self.min_epochs, ">= min_epochs"),
+            ("length_cap", self.length_cap >= 8, ">= 8"), ("adapted_layers", self.adapted_layers >= 0, ">= 0"),
+            ("select_z", self.select_z >= 0, ">= 0"), ("cache_ram_mb", self.cache_ram_mb >= 0, ">= 0"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"), ("max_length", self.max_length >= 8, ">= 8"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"), ("max_length", self.max_length == 0 or self.max_length >= 8, "0 (automatic) or >= 8"),
             ("grad_clip", self.grad_clip >= 0, ">= 0"), ("patience", self.patience >= 0, ">= 0"),
             ("fgm_epsilon", self.fgm_epsilon >= 0, ">= 0"), ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
         ]
         for name, ok, bound in checks:
             if not ok:
                 raise ConfigError(f"{name} == {getattr(self, name)}, must be {bound}")
+        for name, value in vars(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} == {value}, must be a finite number")
+        for name, value, allowed in (("truncation", self.truncation, TRUNCATIONS), ("head_init", self.head_init, HEAD_INITS),
+                                     ("select", self.select, SELECTS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} {value!r} is unknown: use one of {', '.join(allowed)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule {self.schedule!r} is unknown: use one of {', '.join(SCHEDULES)}")
 

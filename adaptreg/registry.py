@@ -71,8 +71,8 @@ PLOT_FILE = "confusion_matrix.png"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # --best picks the highest value, except for metrics whose name says smaller is better.
 LOWER_IS_BETTER = ("loss", "seconds", "bytes", "trainable")
-COMPARE_COLUMNS = ["task", "version", "aliases", "kind", "rank", "epochs", "test_accuracy", "test_macro_f1",
-                   "probe_test_accuracy", "train_seconds", "trainable_pct"]
+COMPARE_COLUMNS = ["task", "version", "aliases", "kind", "rank", "epochs", "serves", "test_accuracy", "test_macro_f1",
+                   "probe_test_accuracy", "gain_test_points", "train_seconds", "trainable_pct"]
 
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _PARAM_KEY_BAD = re.compile(r"[^\w./ -]")
@@ -215,6 +215,7 @@ def _record(raw: dict[str, Any]) -> dict[str, Any]:
         "adapter": {"kind": t.get(TAG + "adapter_kind"), "rank": _int_or_none(t.get(TAG + "rank")),
                     "targets": [x for x in (t.get(TAG + "targets") or "").split(",") if x]},
         "epochs": _int_or_none(t.get(TAG + "epochs")),
+        "serves": t.get(TAG + "serves") or "adapter",
         "n_labels": _int_or_none(t.get(TAG + "n_labels")),
         "parents": _loads(t.get(TAG + "parents")) or [],
         "adapter_sha256": t.get(TAG + "adapter_sha256"),
@@ -241,6 +242,7 @@ def _version_tags(manifest: dict[str, Any], manifest_sha: str) -> dict[str, str]
         TAG + "targets": ",".join(str(x) for x in a.get("targets") or []),
         TAG + "epochs": str(tr.get("epochs_run", tr.get("epochs", ""))),
         TAG + "n_labels": str(len(manifest.get("labels") or [])),
+        TAG + "serves": str((manifest.get("selection") or {}).get("chosen", "adapter")),
         TAG + "parents": json.dumps(manifest.get("parents") or [], sort_keys=True, separators=(",", ":")),
         TAG + "adapter_sha256": manifest["files"]["adapter_model.safetensors"],
         TAG + "manifest_sha256": manifest_sha,
@@ -936,8 +938,9 @@ class Registry:
             for r in recs:
                 m = r["metrics"]
                 row = {"task": r["task"], "version": r["version"], "aliases": ",".join(r["aliases"]),
-                       "kind": r["adapter"]["kind"], "rank": r["adapter"]["rank"], "epochs": r["epochs"]}
-                for col in COMPARE_COLUMNS[6:] + ([metric] if metric not in COMPARE_COLUMNS else []):
+                       "kind": r["adapter"]["kind"], "rank": r["adapter"]["rank"], "epochs": r["epochs"],
+                       "serves": r.get("serves", "adapter")}
+                for col in COMPARE_COLUMNS[7:] + ([metric] if metric not in COMPARE_COLUMNS else []):
                     row[col] = m.get(col)
                 if all:
                     row["archived"] = r["archived"]

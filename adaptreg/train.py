@@ -18,7 +18,7 @@ from typing import Any
 from . import artifact
 from ._util import atomic_dir, seed_everything
 from ._version import __version__
-from .base import LoadedBase, default_targets, encode, fingerprint, load_base, mean_pool, resolve_base
+from .base import LoadedBase, default_targets, fingerprint, load_base, mean_pool, resolve_base
 from .config import LoraSettings, TrainSettings
 from .data.tasks import TaskData, load_task
 from .errors import ConfigError
@@ -51,20 +51,31 @@ class OnboardResult:
             "version": None if self.version is None else self.version.get("version"),
             "base": m["base"], "base_unchanged": self.base_unchanged, "data": m["data"], "adapter": m["adapter"],
             "training": m["training"], "metrics": m["metrics"], "report": m["report"], "parents": m.get("parents", []),
+            "selection": m.get("selection"),
             "router_version": self.extra.get("router_version"),
         }
 
 
 # --------------------------------------------------------------------------- model pieces
 
-def build_peft_model(base_model: Any, model_type: str, lora: LoraSettings, adapter_name: str = ADAPTER_NAME) -> Any:
-    """Wrap the frozen base with a LoRA adapter (PEFT); lora-fa freezes A at its random init."""
+def build_peft_model(base_model: Any, model_type: str, lora: LoraSettings, adapter_name: str = ADAPTER_NAME,
+                     split: int = 0) -> Any:
+    """Wrap the frozen base with a LoRA adapter (PEFT); lora-fa freezes A at its random init.
+
+    ``split`` > 0 puts the adapter only on layers ``split ..`` (PEFT ``layers_to_transform``): the
+    layers below are the shared frozen trunk (:mod:`adaptreg.trunk`).
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = lora.targets or default_targets(model_type)
+    extra: dict[str, Any] = {}
+    if split > 0:
+        from .trunk import num_layers
+
+        extra = {"layers_to_transform": list(range(split, num_layers(base_model))), "layers_pattern": "layer"}
     cfg = LoraConfig(r=int(lora.rank), lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
                      target_modules=list(targets), use_rslora=bool(lora.rslora), use_dora=lora.kind == "dora",
-                     bias="none")
+                     bias="none", **extra)
     try:
         model = get_peft_model(base_model, cfg, adapter_name=adapter_name)
     except ValueError as exc:
@@ -78,11 +89,16 @@ def build_peft_model(base_model: Any, model_type: str, lora: LoraSettings, adapt
 
 class TaskModel:
     """PEFT-wrapped base + linear head on mean-pooled token states (plain callable, not an nn.Module
-    subclass, so the base stays owned by its LoadedBase)."""
+    subclass, so the base stays owned by its LoadedBase).
 
-    def __init__(self, peft_model: Any, head: Any):
+    Called on a tokenized batch it runs the whole base; :meth:`from_trunk` runs only the layers
+    from ``split`` up, on trunk states (:class:`adaptreg.trunk.TrunkCache`).
+    """
+
+    def __init__(self, peft_model: Any, head: Any, split: int = 0):
         self.peft_model = peft_model
         self.head = head
+        self.split = split
 
     def parameters(self):
         yield from (p for p in self.peft_model.parameters() if p.requires_grad)
@@ -98,6 +114,12 @@ class TaskModel:
 
     def __call__(self, batch: dict) -> Any:
         return self.head(self.pooled(batch))
+
+    def from_trunk(self, hidden: Any, mask: Any) -> Any:
+        from .trunk import branch_forward
+
+        out = branch_forward(self.peft_model.get_base_model(), hidden, mask, self.split)
+        return self.head(mean_pool(out, mask))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -116,42 +138,127 @@ def classification_report(y_true: list[int], y_pred: list[int], labels: list[str
     }
 
 
-def predict(model: TaskModel, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> tuple[list[int], list[float]]:
+def log_loss(logits: Any, y: list[int]) -> float:
+    """Mean cross-entropy of ``logits`` (numpy [n, C]) against labels ``y``."""
+    import numpy as np
+
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(y)), np.asarray(y, dtype=int)].mean()) if len(y) else float("nan")
+
+
+def predict(model: TaskModel, tokenizer: Any, texts: list[str], max_length: int, batch_size: int,
+            truncation: str = "head") -> tuple[list[int], list[float]]:
+    """Labels and confidences of ``texts`` through the whole (adapted) base: the serving path."""
     import torch
 
+    from .trunk import length_batches, pad, tokenize
+
     model.train(False)
-    preds, confs = [], []
+    ids = tokenize(tokenizer, texts, max_length, truncation)
+    preds, confs = [0] * len(texts), [0.0] * len(texts)
     with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            prob = torch.softmax(model(batch).float(), -1)
+        for idx in length_batches([len(x) for x in ids], batch_size):
+            input_ids, mask = pad([ids[i] for i in idx], tokenizer.pad_token_id or 0)
+            prob = torch.softmax(model({"input_ids": input_ids, "attention_mask": mask}).float(), -1)
             c, p = prob.max(-1)
-            preds += p.tolist()
-            confs += c.tolist()
+            for i, pi, ci in zip(idx, p.tolist(), c.tolist()):
+                preds[i], confs[i] = pi, ci
     return preds, confs
 
 
+def cache_logits(model: TaskModel, cache: Any, batch_size: int) -> Any:
+    """Logits (numpy, input order) of every row of a trunk cache through the branch."""
+    import numpy as np
+    import torch
+
+    from .trunk import length_batches
+
+    model.train(False)
+    out = None
+    with torch.inference_mode():
+        for idx in length_batches(cache.lengths.tolist(), batch_size):
+            z = model.from_trunk(*cache.batch(idx)).float().numpy()
+            if out is None:
+                out = np.zeros((len(cache), z.shape[1]), dtype=np.float32)
+            out[idx] = z
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def frozen_features(base_model: Any, cache: Any, batch_size: int) -> Any:
+    """Frozen-base last-layer mean-pooled features from trunk states (the probe's input)."""
+    import numpy as np
+    import torch
+
+    from .trunk import branch_forward, length_batches
+
+    out = np.zeros((len(cache), int(base_model.config.hidden_size)), dtype=np.float32)
+    with torch.inference_mode():
+        for idx in length_batches(cache.lengths.tolist(), batch_size):
+            h, m = cache.batch(idx)
+            out[idx] = mean_pool(branch_forward(base_model, h, m, cache.split), m).float().numpy()
+    return out
+
+
 def linear_probe(train_x: Any, train_y: list[int], val_x: Any, val_y: list[int], seed: int) -> Any:
-    """Logistic regression on standardised frozen-base features; C chosen on the validation split."""
+    """Logistic regression on standardised frozen-base features; C chosen on the validation split
+    (accuracy, ties broken by validation log-loss)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    best, best_acc = None, -1.0
+    best, best_key = None, None
     for c in (0.01, 0.1, 1.0, 10.0):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
         clf.fit(train_x, train_y)
-        acc = float((clf.predict(val_x) == val_y).mean())
-        if acc > best_acc:
-            best, best_acc = clf, acc
+        key = (float((clf.predict(val_x) == val_y).mean()), -log_loss(clf.decision_function(val_x) if len(clf.classes_) > 2
+                                                                       else _binary_logits(clf.decision_function(val_x)), val_y))
+        if best_key is None or key > best_key:
+            best, best_key = clf, key
     best.chosen_C_ = best.steps[-1][1].C
     return best
+
+
+def _binary_logits(z: Any) -> Any:
+    import numpy as np
+
+    return np.stack([np.zeros_like(z), z], 1)
+
+
+def probe_logits(clf: Any, x: Any) -> Any:
+    """The probe's logits [n, n_labels] (binary: [0, z], whose softmax is predict_proba)."""
+    z = clf.decision_function(x)
+    return _binary_logits(z) if z.ndim == 1 else z
+
+
+def probe_head(clf: Any, n_labels: int) -> Any:
+    """The probe (scaler + logistic regression) folded into one ``torch.nn.Linear`` on raw features."""
+    import numpy as np
+    import torch
+
+    scaler, lr = clf.steps[0][1], clf.steps[-1][1]
+    if list(lr.classes_) != list(range(n_labels)):
+        raise ConfigError(f"the probe saw classes {list(lr.classes_)}, expected 0..{n_labels - 1}")
+    coef, icpt = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # binary: logits [0, z]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        icpt = np.concatenate([[0.0], icpt])
+    w = coef / scaler.scale_
+    b = icpt - w @ scaler.mean_
+    head = torch.nn.Linear(w.shape[1], n_labels)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
+        head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+    return head
 
 
 # --------------------------------------------------------------------------- training loop
 
 class _FGM:
-    """Fast Gradient Method on the embedding output: a second loss at x + eps * g / ||g||."""
+    """Fast Gradient Method on a module's output: a second loss at x + eps * g / ||g||.
+
+    On the full path it wraps the embeddings; on the trunk path, the first branch layer's input.
+    """
 
     def __init__(self, embeddings: Any, epsilon: float):
         self.embeddings, self.epsilon = embeddings, epsilon
@@ -190,17 +297,10 @@ def _find_embeddings(model: Any) -> Any:
 
 
 def _scheduler(optimizer: Any, kind: str, warmup: int, total: int) -> Any:
-    import torch
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 1.0 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(kind if kind != "constant" else "constant_with_warmup", optimizer,
+                         num_warmup_steps=warmup, num_training_steps=total)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -213,36 +313,91 @@ def _progress(total: int, desc: str, enabled: bool):
                 mininterval=0.2 if tty else 30.0)
 
 
-def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSettings, progress: bool = True) -> dict[str, Any]:
-    """Train adapter + head with AdamW; early-stop on validation accuracy and keep the best epoch."""
+def auto_epochs(n_train: int, batch_size: int, settings: TrainSettings) -> int:
+    """``epochs`` when given, else enough passes for ``settings.target_steps`` optimiser steps,
+    between ``min_epochs`` and ``max_epochs`` (small tasks get more passes, large ones fewer)."""
+    if settings.epochs:
+        return int(settings.epochs)
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return int(min(settings.max_epochs, max(settings.min_epochs, math.ceil(settings.target_steps / steps_per_epoch))))
+
+
+LOSS_MIN_DELTA = 1e-3  # a validation loss must fall by this much to count as progress
+
+
+def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
+    """Checkpoint order: higher validation accuracy, then (at equal accuracy) a lower validation loss."""
+    return b is None or a[0] > b[0] or (a[0] == b[0] and a[1] < b[1] - LOSS_MIN_DELTA)
+
+
+def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSettings, progress: bool = True,
+        caches: dict[str, Any] | None = None, on_epoch: Any = None) -> dict[str, Any]:
+    """Train adapter + head with AdamW; evaluate on validation after every epoch and keep the best
+    checkpoint (validation accuracy, ties broken by validation loss).
+
+    With ``caches`` (``{"train": TrunkCache, "val": TrunkCache}``) only the branch runs
+    (:meth:`TaskModel.from_trunk`); without, each batch runs the whole base from ``tokenizer``
+    (images: ``tokenizer`` is the batcher). ``on_epoch(epoch, model, record)`` is called after
+    each epoch's validation (model in eval mode), e.g. to log extra held-out figures.
+    """
+    import numpy as np
     import torch
+
+    from .trunk import length_batches
 
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    epochs = auto_epochs(len(data.train), settings.batch_size, settings)
     steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
+    total = steps_per_epoch * epochs
     sched = _scheduler(opt, settings.schedule, int(settings.warmup_ratio * total), total)
-    fgm = _FGM(_find_embeddings(model.peft_model.get_base_model()), settings.fgm_epsilon) if settings.fgm_epsilon > 0 else None
+    fgm: Any = None
+    if settings.fgm_epsilon > 0:  # cached path: perturb the branch input; full path: the embedding output
+        fgm = _TrunkFGM(settings.fgm_epsilon) if caches is not None else \
+            _FGM(_find_embeddings(model.peft_model.get_base_model()), settings.fgm_epsilon)
     gen = torch.Generator().manual_seed(settings.seed)
     loss_fn = torch.nn.CrossEntropyLoss()
     history: list[dict[str, Any]] = []
-    best_state, best_acc, best_epoch, stale = None, -1.0, 0, 0
+    best_state, best_key, best_epoch, stale = None, None, 0, 0
     seen, t0 = 0, time.perf_counter()
+    train_lengths = caches["train"].lengths.tolist() if caches is not None else [len(t) if isinstance(t, str) else 1 for t in data.train.texts]
+
+    def forward(idx: list[int]) -> Any:
+        if caches is None:
+            batch = tokenizer([data.train.texts[j] for j in idx], padding=True, truncation=True,
+                              max_length=settings.max_length or 128, return_tensors="pt")
+            return lambda: model(batch)
+        hidden, mask = caches["train"].batch(idx)
+        if fgm is not None:
+            return lambda: model.from_trunk(fgm.apply(hidden), mask)
+        return lambda: model.from_trunk(hidden, mask)
+
+    def val_logits() -> Any:
+        if caches is not None:
+            return cache_logits(model, caches["val"], settings.eval_batch_size)
+        model.train(False)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(data.val.texts), settings.eval_batch_size):
+                b = tokenizer(data.val.texts[i : i + settings.eval_batch_size], padding=True, truncation=True,
+                              max_length=settings.max_length or 128, return_tensors="pt")
+                out.append(model(b).float().numpy())
+        return np.concatenate(out)
+
     try:
-        for epoch in range(1, settings.epochs + 1):
+        for epoch in range(1, epochs + 1):
             model.train(True)
-            order = torch.randperm(len(data.train), generator=gen).tolist()
             run_loss, n = 0.0, 0
-            bar = _progress(len(order), f"epoch {epoch}/{settings.epochs}", progress)
-            for i in range(0, len(order), settings.batch_size):
-                idx = order[i : i + settings.batch_size]
-                batch = tokenizer([data.train.texts[j] for j in idx], padding=True, truncation=True,
-                                  max_length=settings.max_length, return_tensors="pt")
+            bar = _progress(len(data.train), f"epoch {epoch}/{epochs}", progress)
+            for idx in length_batches(train_lengths, settings.batch_size, generator=gen):
                 y = torch.tensor([data.train.y[j] for j in idx])
-                loss = loss_fn(model(batch), y)
+                run = forward(idx)
+                loss = loss_fn(run(), y)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"training diverged: loss {loss.item()} at epoch {epoch}; lower --lr (now {settings.lr})")
                 loss.backward()
                 if fgm is not None and fgm.perturb():
-                    loss_fn(model(batch), y).backward()
+                    loss_fn(run(), y).backward()
                     fgm.clear()
                 if settings.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
@@ -255,13 +410,16 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{run_loss / n:.4f}", ex_s=f"{seen / (time.perf_counter() - t0):.1f}")
             bar.close()
-            preds, _ = predict(model, tokenizer, data.val.texts, settings.max_length, settings.eval_batch_size)
-            rep = classification_report(data.val.y, preds, data.labels)
-            history.append({"epoch": epoch, "train_loss": run_loss / max(1, n), "val_accuracy": rep["accuracy"],
-                            "val_macro_f1": rep["macro_f1"], "lr": sched.get_last_lr()[0]})
-            logger.info("epoch %d: loss %.4f val_acc %.4f", epoch, run_loss / max(1, n), rep["accuracy"])
-            if rep["accuracy"] > best_acc:
-                best_acc, best_epoch, stale = rep["accuracy"], epoch, 0
+            z = val_logits()
+            acc = float((z.argmax(1) == np.asarray(data.val.y)).mean())
+            vloss = log_loss(z, data.val.y)
+            history.append({"epoch": epoch, "train_loss": run_loss / max(1, n), "val_accuracy": acc,
+                            "val_loss": vloss, "lr": sched.get_last_lr()[0]})
+            logger.info("epoch %d: loss %.4f val_acc %.4f val_loss %.4f", epoch, run_loss / max(1, n), acc, vloss)
+            if on_epoch is not None:
+                on_epoch(epoch, model, history[-1])
+            if _better((acc, vloss), best_key):
+                best_key, best_epoch, stale = (acc, vloss), epoch, 0
                 best_state = _trainable_state(model)
             else:
                 stale += 1
@@ -274,8 +432,40 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
     seconds = time.perf_counter() - t0
     if best_state is not None:
         _load_trainable_state(model, best_state)
-    return {"history": history, "best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": seconds,
-            "train_examples_per_s": seen / seconds if seconds > 0 else None}
+    return {"history": history, "best_epoch": best_epoch, "epochs_run": len(history), "epochs_planned": epochs,
+            "train_seconds": seconds, "train_examples_per_s": seen / seconds if seconds > 0 else None,
+            "val_accuracy": None if best_key is None else best_key[0], "val_loss": None if best_key is None else best_key[1]}
+
+
+class _TrunkFGM:
+    """FGM on the trunk states fed to the branch (the cached path has no embedding forward)."""
+
+    def __init__(self, epsilon: float):
+        self.epsilon = epsilon
+        self.delta = None
+        self.captured = None
+
+    def apply(self, hidden: Any) -> Any:
+        if self.delta is not None:
+            return hidden + self.delta
+        hidden = hidden.clone().requires_grad_(True)
+        self.captured = hidden
+        return hidden
+
+    def perturb(self) -> bool:
+        g = None if self.captured is None else self.captured.grad
+        self.captured = None
+        if g is None:
+            return False
+        norm = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.dim() - 1)))
+        self.delta = (self.epsilon * g / norm).detach()
+        return True
+
+    def clear(self) -> None:
+        self.delta = None
+
+    def close(self) -> None:
+        self.delta = None
 
 
 def _trainable_state(model: TaskModel) -> dict[str, Any]:
@@ -292,6 +482,130 @@ def _load_trainable_state(model: TaskModel, state: dict[str, Any]) -> None:
             if f"peft.{k}" in state:
                 v.copy_(state[f"peft.{k}"])
     model.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+
+# --------------------------------------------------------------------------- one task, end to end
+
+@dataclass
+class TrainedTask:
+    """What :func:`train_task` produced: the chosen model (adapter or probe) and both candidates' figures."""
+
+    model: TaskModel
+    chosen: str  # "adapter" or "probe"
+    max_length: int
+    truncation: str
+    split: int
+    fit_info: dict[str, Any]
+    reports: dict[str, dict[str, Any]]  # {"adapter"|"probe"|"chosen": {"val": report, "test": report}}
+    val_loss: dict[str, float]
+    probe: Any = None
+    probe_C: float | None = None
+    cache_bytes_per_example: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
+    paired: dict[str, Any] | None = None
+
+
+def resolve_length(lb: LoadedBase, td: TaskData, train: TrainSettings) -> int:
+    """``train.max_length`` when set, else the task's own length (:func:`adaptreg.trunk.auto_max_length`)."""
+    from .trunk import auto_max_length
+
+    if train.max_length:
+        return int(train.max_length)
+    limit = int(getattr(lb.model.config, "max_position_embeddings", 512) or 512)
+    return auto_max_length(lb.tokenizer, td.train.texts, min(int(train.length_cap), limit))
+
+
+def zero_adapter(peft_model: Any) -> None:
+    """Make the adapter an exact identity (every LoRA B = 0): the version serves the frozen base."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                p.zero_()
+
+
+def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSettings, *, probe: bool = True,
+               peft_model: Any = None, init: Any = None, progress: bool = True) -> TrainedTask:
+    """Cache the trunk once, fit the probe and the adapter on it, and keep the better on validation.
+
+    ``peft_model``: an existing PEFT model to keep training (seq-lora); else a fresh adapter on
+    ``lb.model`` (the caller unloads it). ``init(peft_model)`` runs before training (``--init-from``).
+    """
+    import numpy as np
+    import torch
+
+    from .trunk import TrunkCache, split_point
+
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    max_length = resolve_length(lb, td, train)
+    split = split_point(lb.model, train.adapted_layers)
+    caches = {s: TrunkCache(lb.model, lb.tokenizer, getattr(td, s).texts, max_length, split, train.truncation,
+                            train.eval_batch_size, int(train.cache_ram_mb) * 1024 ** 2)
+              for s in ("train", "val", "test")}
+    seconds["trunk_cache"] = time.perf_counter() - t
+    ys = {s: getattr(td, s).y for s in ("train", "val", "test")}
+    reports: dict[str, dict[str, Any]] = {}
+    val_loss: dict[str, float] = {}
+    clf, probe_c = None, None
+    try:
+        if probe:
+            t = time.perf_counter()
+            feats = {s: frozen_features(lb.model, caches[s], train.eval_batch_size) for s in caches}
+            clf = linear_probe(feats["train"], ys["train"], feats["val"], ys["val"], train.seed)
+            probe_c = clf.chosen_C_
+            zp = {s: probe_logits(clf, feats[s]) for s in ("val", "test")}
+            reports["probe"] = {s: classification_report(ys[s], zp[s].argmax(1).tolist(), td.labels) for s in zp}
+            val_loss["probe"] = log_loss(zp["val"], ys["val"])
+            seconds["probe"] = time.perf_counter() - t
+        seed_everything(train.seed)
+        if peft_model is None:
+            peft_model = build_peft_model(lb.model, lb.model_type, lora, split=split)
+        if init is not None:
+            init(peft_model)
+        head = probe_head(clf, td.n_labels) if (train.head_init == "probe" and clf is not None) \
+            else torch.nn.Linear(lb.hidden_size, td.n_labels)
+        model = TaskModel(peft_model, head, split)
+        fit_info = fit(model, lb.tokenizer, td, train, progress=progress, caches=caches)
+        seconds["train"] = fit_info["train_seconds"]
+        za = {s: cache_logits(model, caches[s], train.eval_batch_size) for s in ("val", "test")}
+        reports["adapter"] = {s: classification_report(ys[s], za[s].argmax(1).tolist(), td.labels) for s in za}
+        val_loss["adapter"] = log_loss(za["val"], ys["val"])
+        chosen, paired = "adapter", None
+        if clf is not None:
+            paired = paired_margin(za["val"].argmax(1), zp["val"].argmax(1), ys["val"], train.select_z)
+            if train.select == "best" and not paired["adapter_wins"]:
+                chosen = "probe"
+        if chosen == "probe":
+            zero_adapter(peft_model)
+            model.head = probe_head(clf, td.n_labels)
+        reports["chosen"] = reports[chosen]
+        bpe = float(np.mean([c.bytes_per_example for c in caches.values()]))
+    finally:
+        for c in caches.values():
+            c.close()
+    return TrainedTask(model=model, chosen=chosen, max_length=max_length, truncation=train.truncation, split=split,
+                       fit_info=fit_info, reports=reports, val_loss=val_loss, probe=clf, probe_C=probe_c,
+                       cache_bytes_per_example=bpe, seconds=seconds, paired=paired)
+
+
+def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[str, Any]:
+    """Does the adapter beat the probe on validation by more than noise?
+
+    Paired on the same rows: ``b`` rows only the adapter gets right, ``c`` rows only the probe gets
+    right. Under "no difference" ``b - c`` has standard deviation ``sqrt(b + c)`` (the sign test
+    behind McNemar's), so the adapter wins when ``b - c >= max(1, z * sqrt(b + c))``. On a
+    45-row validation split a 3-row lead with 5 discordant rows is not enough at z = 1; a real
+    gain of several points is. Ties and noise keep the probe, which cannot be worse than itself.
+    """
+    import numpy as np
+
+    a_ok = np.asarray(adapter_pred) == np.asarray(y)
+    p_ok = np.asarray(probe_pred) == np.asarray(y)
+    b, c = int((a_ok & ~p_ok).sum()), int((~a_ok & p_ok).sum())
+    need = max(1.0, float(z) * math.sqrt(b + c))
+    return {"adapter_only": b, "probe_only": c, "needed": need, "z": float(z), "adapter_wins": (b - c) >= need}
 
 
 # --------------------------------------------------------------------------- onboarding
@@ -340,35 +654,24 @@ def onboard(
     fp_before = lb.fingerprint
     seed_everything(train.seed)
 
-    probe_report, probe_c, features = None, None, None
-    if probe:
-        logger.info("frozen-base features for the linear probe (%d texts)", len(td.train) + len(td.val) + len(td.test))
-        features = {s: encode(lb, getattr(td, s).texts, train.max_length, train.eval_batch_size) for s in ("train", "val", "test")}
-        clf = linear_probe(features["train"], td.train.y, features["val"], td.val.y, train.seed)
-        probe_c = clf.chosen_C_
-        probe_report = classification_report(td.test.y, clf.predict(features["test"]).tolist(), td.labels)
+    parent: dict[str, Any] = {}
 
-    import torch
+    def init(peft_model: Any) -> None:
+        parent.update(_init_from(reg, init_from, peft_model, lb))
 
-    seed_everything(train.seed)
     logger.info("training %s rank %d on %d examples", lora.kind, lora.rank, len(td.train))
-    peft_model = build_peft_model(lb.model, lb.model_type, lora)
-    parent = None
+    trained = None
     try:
-        if init_from:
-            parent = _init_from(reg, init_from, peft_model, lb)
-        head = torch.nn.Linear(lb.hidden_size, td.n_labels)
-        model = TaskModel(peft_model, head)
+        trained = train_task(lb, td, lora, train, probe=probe, init=init if init_from else None, progress=progress)
+        model = trained.model
         trainable = sum(p.numel() for p in model.parameters())
-        fit_info = fit(model, lb.tokenizer, td, train, progress=progress)
-        preds, _ = predict(model, lb.tokenizer, td.test.texts, train.max_length, train.eval_batch_size)
-        report = classification_report(td.test.y, preds, td.labels)
-        val_preds, _ = predict(model, lb.tokenizer, td.val.texts, train.max_length, train.eval_batch_size)
-        val_report = classification_report(td.val.y, val_preds, td.labels)
-        manifest = _manifest(task, td, lb, lora, train, fit_info, report, val_report, probe_report, probe_c, trainable, parent)
+        manifest = _manifest(task, td, lb, lora, train, trained, trainable, parent or None)
         result = _write(task, manifest, model, td.labels, output, overwrite, reg if register else None)
     finally:
-        peft_model.unload()  # take the LoRA layers out again; the base module is left as it was
+        if trained is not None:
+            trained.model.peft_model.unload()  # take the LoRA layers out again; the base module is left as it was
+        else:
+            _unload_any(lb.model)
         for p in lb.model.parameters():
             p.requires_grad_(False)
     result.base_unchanged = fingerprint(lb.model) == fp_before
@@ -378,10 +681,21 @@ def onboard(
         logger.info("adding %r to the task router", task)
         _, router_rec = add_task_to_registry_router(reg, task, lb, data=td)
         result.extra["router_version"] = router_rec.get("version")
-    if features is not None:
-        result.extra["features"] = features
+    result.extra["probe"] = trained.probe
     return result
 
+
+def _unload_any(model: Any) -> None:
+    """Put back any LoRA layer a failed onboarding left injected in ``model``."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover
+        return
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "get_base_layer"):
+            parent_name, _, child = name.rpartition(".")
+            parent_mod = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent_mod, child, module.get_base_layer())
 
 
 def _init_from(reg: Any, spec: str, peft_model: Any, lb: LoadedBase) -> dict[str, Any]:
@@ -404,16 +718,33 @@ def _init_from(reg: Any, spec: str, peft_model: Any, lb: LoadedBase) -> dict[str
     return {"task": task, "version": rec["version"]}
 
 
-def _manifest(task, td, lb, lora, train, fit_info, report, val_report, probe_report, probe_c, trainable, parent) -> dict[str, Any]:
+def _manifest(task, td, lb, lora, train, trained: "TrainedTask", trainable, parent) -> dict[str, Any]:
     n_base = sum(p.numel() for p in lb.model.parameters())
+    rep, fit_info = trained.reports, trained.fit_info
+
+    def fig(who: str, split: str, key: str) -> Any:
+        return rep[who][split][key] if who in rep else None
+
+    chosen = trained.chosen
     metrics = {
-        "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
-        "val_accuracy": val_report["accuracy"], "val_macro_f1": val_report["macro_f1"],
-        "probe_test_accuracy": None if probe_report is None else probe_report["accuracy"],
-        "probe_test_macro_f1": None if probe_report is None else probe_report["macro_f1"],
+        "test_accuracy": fig("chosen", "test", "accuracy"), "test_macro_f1": fig("chosen", "test", "macro_f1"),
+        "val_accuracy": fig("chosen", "val", "accuracy"), "val_macro_f1": fig("chosen", "val", "macro_f1"),
+        "val_loss": trained.val_loss.get(chosen),
+        "adapter_test_accuracy": fig("adapter", "test", "accuracy"), "adapter_val_accuracy": fig("adapter", "val", "accuracy"),
+        "adapter_val_loss": trained.val_loss.get("adapter"),
+        "probe_test_accuracy": fig("probe", "test", "accuracy"), "probe_test_macro_f1": fig("probe", "test", "macro_f1"),
+        "probe_val_accuracy": fig("probe", "val", "accuracy"), "probe_val_loss": trained.val_loss.get("probe"),
         "trainable_params": int(trainable), "trainable_pct": 100.0 * trainable / n_base,
         "train_seconds": fit_info["train_seconds"], "train_examples_per_s": fit_info["train_examples_per_s"],
+        "trunk_cache_seconds": trained.seconds.get("trunk_cache"),
+        "trunk_cache_bytes_per_example": trained.cache_bytes_per_example,
     }
+    if metrics["probe_test_accuracy"] is not None:
+        metrics["gain_test_points"] = 100.0 * (metrics["test_accuracy"] - metrics["probe_test_accuracy"])
+        metrics["gain_val_points"] = 100.0 * (metrics["val_accuracy"] - metrics["probe_val_accuracy"])
+    from .trunk import num_layers
+
+    n_layers = num_layers(lb.model)
     return {
         "adaptreg_version": __version__,
         "task": task,
@@ -423,13 +754,21 @@ def _manifest(task, td, lb, lora, train, fit_info, report, val_report, probe_rep
         "data": td.summary(),
         "labels": td.labels,
         "adapter": {**lora.to_dict(), "targets": list(lora.targets or default_targets(lb.model_type)),
+                    "layers": list(range(trained.split, n_layers)),
                     "init_from": None if parent is None else f"{parent['task']}@{parent['version']}"},
-        "training": {**train.to_dict(), "epochs_run": fit_info["epochs_run"], "best_epoch": fit_info["best_epoch"],
-                     "probe_C": probe_c, "pooling": "mean"},
+        "selection": {"chosen": chosen, "rule": train.select, "paired": trained.paired,
+                      "candidates": {k: {"val_accuracy": fig(k, "val", "accuracy"), "val_loss": trained.val_loss.get(k)}
+                                     for k in ("adapter", "probe") if k in rep},
+                      "note": "probe chosen: the adapter is an exact identity (LoRA B = 0) and the head is the "
+                              "probe folded into one linear layer" if chosen == "probe" else "adapter chosen"},
+        "training": {**train.to_dict(), "max_length": trained.max_length, "max_length_setting": train.max_length,
+                     "truncation": trained.truncation, "split": trained.split,
+                     "epochs_run": fit_info["epochs_run"], "epochs_planned": fit_info["epochs_planned"],
+                     "best_epoch": fit_info["best_epoch"], "probe_C": trained.probe_C, "pooling": "mean"},
         "history": fit_info["history"],
         "metrics": metrics,
-        "report": {"per_class": report["per_class"], "confusion_matrix": report["confusion_matrix"],
-                   "probe_confusion_matrix": None if probe_report is None else probe_report["confusion_matrix"]},
+        "report": {"per_class": rep["chosen"]["test"]["per_class"], "confusion_matrix": rep["chosen"]["test"]["confusion_matrix"],
+                   "probe_confusion_matrix": rep["probe"]["test"]["confusion_matrix"] if "probe" in rep else None},
         "parents": [] if parent is None else [parent],
         "libraries": artifact.library_versions(),
     }

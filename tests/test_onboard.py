@@ -18,7 +18,7 @@ from adaptreg.config import LoraSettings, TrainSettings
 from adaptreg.errors import ConfigError
 from adaptreg.train import onboard
 
-FAST = TrainSettings(epochs=6, batch_size=8, lr=2e-2, max_length=32, patience=0)
+FAST = TrainSettings(epochs=6, batch_size=8, lr=2e-2, max_length=32, patience=0, select="adapter")
 
 
 @pytest.fixture(scope="module")

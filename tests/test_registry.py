@@ -245,7 +245,7 @@ def test_show_diff_compare_archive(reg2, arts, tmp_path):
     assert rows[1]["aliases"] == "production" and rows[2]["rank"] == 8
     assert [r["version"] for r in reg2.compare_rows(["news"], metric="train_seconds")] == [2, 1]
     csv_text = reg2.compare(fmt="csv")
-    assert csv_text.splitlines()[0].startswith("task,version,aliases,kind,rank,epochs,test_accuracy")
+    assert csv_text.splitlines()[0].startswith("task,version,aliases,kind,rank,epochs,serves,test_accuracy")
     assert len(csv_text.splitlines()) == 4
     png = tmp_path / "cmp.png"
     assert "news" in reg2.compare(fmt="table", plot=png) and png.stat().st_size > 1000

@@ -10,13 +10,14 @@ from ._common import emit, json_option, log, registry_option
 
 STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "joint", "probe")  # = adaptreg.continual.benchmark.STRATEGIES
 
-DEMO = {"tasks": "bbc-news,spam,movie-reviews,tweet-sentiment", "max_per_class": 30, "test_per_class": None, "epochs": 2, "max_length": 64,
-        "out": "demo-report"}
+# The demo trains at the onboarding defaults (epochs and length from each task's size): None = default.
+DEMO = {"tasks": "bbc-news,spam,movie-reviews,tweet-sentiment", "max_per_class": 50, "test_per_class": None, "epochs": None,
+        "max_length": None, "out": "demo-report"}
 
 
 def _run(tasks: str, order: str | None, strategies: str, base: str, max_per_class: int | None, test_per_class: int | None,
-         epochs: int,
-         max_length: int, batch_size: int, lr: float, rank: int, seed: int, image_size: int, joint_every_step: bool,
+         epochs: int | None,
+         max_length: int | None, batch_size: int, lr: float | None, rank: int, seed: int, image_size: int, joint_every_step: bool,
          out: str | None, registry: str | None, no_mlflow: bool, quiet: bool, as_json: bool) -> None:
     from ..config import LoraSettings, TrainSettings
     from ..continual.benchmark import parse_strategies, run_continual
@@ -36,7 +37,8 @@ def _run(tasks: str, order: str | None, strategies: str, base: str, max_per_clas
                 raise ConfigError(f"--order {order}: name each of --tasks once ({', '.join(specs)})")
             specs = names
     lora = LoraSettings(rank=rank, alpha=2.0 * rank)
-    train = TrainSettings(epochs=epochs, max_length=max_length, batch_size=batch_size, lr=lr, seed=seed)
+    given = {"epochs": epochs, "max_length": max_length, "lr": lr}
+    train = TrainSettings(batch_size=batch_size, seed=seed, **{k: v for k, v in given.items() if v is not None})
     result = run_continual(specs, strategies=parse_strategies(strategies), base=base, lora=lora, train=train,
                            max_per_class=max_per_class, test_per_class=test_per_class, out=out, registry=registry, mlflow=not no_mlflow,
                            joint_every_step=joint_every_step, image_size=image_size,
@@ -59,10 +61,12 @@ def _common_options(f: Any) -> Any:
         click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
                      help="Comma-separated subset of: " + ", ".join(STRATEGIES) + "."),
         click.option("--base", default="minilm", show_default=True, help="Text base: 'minilm', a directory or a hub id."),
-        click.option("--epochs", type=int, default=2, show_default=True, help="Epochs per training (every strategy)."),
-        click.option("--max-length", type=int, default=128, show_default=True, help="Tokens per text."),
+        click.option("--epochs", type=int, default=None, help="Epochs per training (every strategy); default: onboarding's "
+                     "rule (from each task's size)."),
+        click.option("--max-length", type=int, default=None, help="Tokens per text; default: onboarding's rule (each task's "
+                     "own length)."),
         click.option("--batch-size", type=int, default=16, show_default=True, help="Examples per step."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate."),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate; default: onboarding's."),
         click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank (alpha = 2 x rank)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, init and shuffling."),
         click.option("--image-size", type=int, default=64, show_default=True, help="Image side in pixels (image scenarios)."),
@@ -128,7 +132,7 @@ def demo(out: str, max_per_class: int, registry: str | None, no_mlflow: bool, as
       adaptreg demo --max-per-class 20 --no-mlflow
     """
     _run(DEMO["tasks"], None, ",".join(STRATEGIES), "minilm", max_per_class, DEMO["test_per_class"], DEMO["epochs"], DEMO["max_length"], 16,
-         1e-3, 8, 0, 64, False, out, registry, no_mlflow, False, as_json)
+         None, 8, 0, 64, False, out, registry, no_mlflow, False, as_json)
 
 
 def register(group: click.Group) -> None:

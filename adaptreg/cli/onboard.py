@@ -10,9 +10,10 @@ import click
 from ._common import emit, json_option, log, registry_option
 
 # Option specs are read from the dataclass configs without importing torch: config.py is light.
-from ..config import ADAPTER_KINDS, SCHEDULES, LoraSettings, TrainSettings
+from ..config import ADAPTER_KINDS, HEAD_INITS, SCHEDULES, SELECTS, TRUNCATIONS, LoraSettings, TrainSettings
 
-_CHOICES = {"kind": ADAPTER_KINDS, "schedule": SCHEDULES}
+_CHOICES = {"kind": ADAPTER_KINDS, "schedule": SCHEDULES, "truncation": TRUNCATIONS, "head_init": HEAD_INITS,
+            "select": SELECTS}
 
 
 def _options_from(cls: type) -> Callable:
@@ -92,21 +93,37 @@ def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str |
 
 def _human(s: dict[str, Any]) -> str:
     m = s["metrics"]
+    sel = s.get("selection") or {}
 
     def pct(v: Any) -> str:
-        return "-" if v is None else f"{100 * v:.2f}%"
+        return "      -" if v is None else f"{100 * v:6.2f}%"
 
+    def gain(a: Any, b: Any) -> str:
+        return "" if a is None or b is None else f"{100 * (a - b):+6.2f} pts"
+
+    chosen = sel.get("chosen", "adapter")
     lines = [
         f"task            {s['task']}" + (f"  (version {s['version']})" if s.get("version") else ""),
-        f"adapter         {s['artifact_dir']}",
+        f"artifact        {s['artifact_dir']}",
         f"data            {s['data']['n_train']} train / {s['data']['n_val']} val / {s['data']['n_test']} test, "
         f"{len(s['data']['labels'])} labels, {s['data']['duplicates_removed']} duplicates removed",
-        f"test accuracy   {pct(m['test_accuracy'])}   macro-F1 {pct(m['test_macro_f1'])}",
-        f"linear probe    {pct(m['probe_test_accuracy'])}   macro-F1 {pct(m['probe_test_macro_f1'])}",
-        f"trainable       {m['trainable_params']:,} params ({m['trainable_pct']:.3f}% of the base)",
+        "",
+        "                 adapter    probe      gain",
+        f"validation      {pct(m.get('adapter_val_accuracy'))}  {pct(m.get('probe_val_accuracy'))}  "
+        f"{gain(m.get('adapter_val_accuracy'), m.get('probe_val_accuracy'))}",
+        f"test            {pct(m.get('adapter_test_accuracy'))}  {pct(m.get('probe_test_accuracy'))}  "
+        f"{gain(m.get('adapter_test_accuracy'), m.get('probe_test_accuracy'))}",
+        f"registered      {chosen}" + ("  (the probe won on validation: frozen base + probe head, no adapter)"
+                                       if chosen == "probe" else "  (better than the probe on validation)"
+                                       if m.get("probe_val_accuracy") is not None else ""),
+        f"test accuracy   {pct(m['test_accuracy']).strip()}   macro-F1 {pct(m['test_macro_f1']).strip()}",
+        "",
+        f"trainable       {m['trainable_params']:,} params ({m['trainable_pct']:.3f}% of the base), "
+        f"layers {s['adapter'].get('layers', 'all')}",
         f"adapter size    {m['adapter_bytes'] / 1024:.1f} KiB",
         f"training        {m['train_seconds']:.1f} s, {m['train_examples_per_s']:.1f} examples/s, "
-        f"{s['training']['epochs_run']} epochs (best {s['training']['best_epoch']})",
+        f"{s['training']['epochs_run']} of {s['training'].get('epochs_planned', s['training']['epochs_run'])} epochs "
+        f"(best {s['training']['best_epoch']}), {s['training']['max_length']} tokens ({s['training'].get('truncation', 'head')})",
         f"base unchanged  {s['base_unchanged']}  ({s['base']['fingerprint'][:23]}...)",
     ]
     return "\n".join(lines)

@@ -232,8 +232,8 @@ def merge_adapters(
                 retention[t] = {"source_accuracy": None, "merged_accuracy": None, "retention": None}
                 continue
             ml = int((m.get("training") or {}).get("max_length", 256))
-            src_acc = _adapter_accuracy(model, names[t], lb, test, ml, heads[t], batch_size)
-            mrg_acc = _adapter_accuracy(model, merged, lb, test, ml, heads[t], batch_size)
+            src_acc = _adapter_accuracy(model, names[t], lb, test, ml, heads[t], batch_size, _truncation(m))
+            mrg_acc = _adapter_accuracy(model, merged, lb, test, ml, heads[t], batch_size, _truncation(m))
             retention[t] = {"source_accuracy": src_acc, "merged_accuracy": mrg_acc, "n_test": len(test.y),
                             "retention": mrg_acc / src_acc if src_acc else None}
     cfg = model.peft_config[merged]
@@ -250,7 +250,8 @@ def merge_adapters(
         "adapter": {"kind": "lora", "rank": int(cfg.r), "alpha": float(cfg.lora_alpha), "dropout": 0.0,
                     "targets": sorted(_targets({"target_modules": list(cfg.target_modules)})), "rslora": False,
                     "init_from": None},
-        "training": {"max_length": max_length, "seed": seed, "pooling": "mean"},
+        "training": {"max_length": max_length, "seed": seed, "pooling": "mean",
+                     "truncation": _truncation(first) if len({_truncation(m) for m in manifests.values()}) == 1 else "head"},
         "metrics": {"retention": retention, "mean_retention": sum(rets) / len(rets) if rets else None,
                     "test_accuracy": sum(accs) / len(accs) if accs else None},
         "merge": {"method": method, "weights": weights, "density": float(density) if kw.get("density") else None,
@@ -279,9 +280,14 @@ def merge_adapters(
 
 
 def _adapter_accuracy(model: Any, adapter: str, lb: LoadedBase, split: Any, max_length: int, head: artifact.Head,
-                      batch_size: int) -> float:
+                      batch_size: int, truncation: str = "head") -> float:
     model.set_adapter(adapter)
-    return _accuracy(pooled_features(model, lb.tokenizer, split.texts, max_length, batch_size), head, split.y)
+    return _accuracy(pooled_features(model, lb.tokenizer, split.texts, max_length, batch_size, truncation=truncation),
+                     head, split.y)
+
+
+def _truncation(manifest: dict[str, Any]) -> str:
+    return str((manifest.get("training") or {}).get("truncation", "head"))
 
 
 def _merge_kwargs(method: str, density: float, svd_rank: int | None) -> dict[str, Any]:
@@ -318,14 +324,14 @@ def _tune(model: Any, names: dict[str, str], manifests: dict[str, dict[str, Any]
             raise MergeError(f"cannot tune: {t!r} has an empty validation split; merge without --tune")
     ml = {t: int((m.get("training") or {}).get("max_length", 256)) for t, m in manifests.items()}
     for t in manifests:
-        src[t] = _adapter_accuracy(model, names[t], lb, vals[t], ml[t], heads[t], batch_size)
+        src[t] = _adapter_accuracy(model, names[t], lb, vals[t], ml[t], heads[t], batch_size, _truncation(manifests[t]))
     has_density = method in _WITH_DENSITY
     grid = []
     for d in (TUNE_DENSITIES if has_density else (density,)):
         for scale in TUNE_SCALES:
             seed_everything(seed)
             _add_merged(model, names, [x * scale for x in weights], "tune", method, _merge_kwargs(method, d, svd_rank))
-            ret = {t: (_adapter_accuracy(model, "tune", lb, vals[t], ml[t], heads[t], batch_size) / src[t]
+            ret = {t: (_adapter_accuracy(model, "tune", lb, vals[t], ml[t], heads[t], batch_size, _truncation(manifests[t])) / src[t]
                        if src[t] else 0.0) for t in manifests}
             model.set_adapter(names[next(iter(manifests))])  # deleting the active adapter warns
             model.delete_adapter("tune")
@@ -417,6 +423,7 @@ def export_merged(adapter_dir: str | os.PathLike, output: str | os.PathLike, *, 
 
         dump_json({"task": manifest.get("task"), "source_base": manifest["base"], "pooling": "mean",
                    "max_length": int((manifest.get("training") or {}).get("max_length", 256)),
+                   "truncation": _truncation(manifest),
                    "adapter_manifest_sha256": sha256_file(src / artifact.MANIFEST),
                    "merged_fingerprint": fingerprint(merged), "adaptreg_version": __version__,
                    "head": artifact.HEAD_FILE, "labels": artifact.LABELS_FILE,
@@ -448,11 +455,13 @@ class ExportedModel:
             labels = json.loads((d / artifact.LABELS_FILE).read_text(encoding="utf-8"))["labels"]
         self.weight, self.bias, self.labels = state["weight"].float(), state["bias"].float(), labels
         self.max_length = int(self.info.get("max_length", 256))
+        self.truncation = str(self.info.get("truncation", "head"))
 
     def predict(self, texts: list[str], batch_size: int = 32) -> tuple[list[str], list[float]]:
         import torch
 
-        pooled = pooled_features(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
+        pooled = pooled_features(self.model, self.tokenizer, list(texts), self.max_length, batch_size,
+                                 truncation=self.truncation)
         prob = torch.softmax(pooled @ self.weight.T + self.bias, -1)
         conf, idx = prob.max(-1)
         return [self.labels[i] for i in idx.tolist()], conf.tolist()

@@ -24,9 +24,22 @@ from typing import Any, Sequence
 from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool, pooled_states
 from ..errors import ConfigError, NotFoundError
+from ..trunk import tokenize
 from .router import UNKNOWN, Router
 
 logger = logging.getLogger(__name__)
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch: rows whose task is served by its probe
+
+
+def _first_linear(net: Any) -> list[str]:
+    """One linear module name of ``net`` (a placeholder adapter when no task needs a real one)."""
+    import torch
+
+    for name, mod in net.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            return [name]
+    raise ConfigError("the base has no linear layer to attach an adapter to")
 
 
 @dataclass
@@ -40,6 +53,8 @@ class _TaskEntry:
     max_length: int
     dora: bool
     version: Any = None
+    truncation: str = "head"
+    identity: bool = False  # the linear probe won at onboarding: frozen base + probe head, no adapter
 
 
 class Predictor:
@@ -99,24 +114,32 @@ class Predictor:
             artifact.check_base(manifest, base.fingerprint, base.id)
             head = load_task_head(path, task)
             key = str(Path(path).resolve())
-            by_path.setdefault(key, f"adapter{len(by_path)}")
+            identity = (manifest.get("selection") or {}).get("chosen") == "probe"
+            if not identity:
+                by_path.setdefault(key, f"adapter{len(by_path)}")
+            training = manifest.get("training") or {}
             self._entries[task] = _TaskEntry(
-                task=task, adapter=by_path[key], path=str(path), head_w=head.weight.float(), head_b=head.bias.float(),
-                labels=list(head.labels), max_length=int((manifest.get("training") or {}).get("max_length", 256)),
-                dora=(manifest.get("adapter") or {}).get("kind") == "dora")
+                task=task, adapter=BASE if identity else by_path[key], path=str(path), head_w=head.weight.float(),
+                head_b=head.bias.float(), labels=list(head.labels), max_length=int(training.get("max_length") or 256),
+                dora=(manifest.get("adapter") or {}).get("kind") == "dora", truncation=training.get("truncation", "head"),
+                identity=identity)
         # A private copy of the base: PEFT injects LoRA layers into the module it wraps, and the
         # caller's LoadedBase must keep computing frozen-base features.
         net = copy.deepcopy(base.model)
         model = None
         loaded: set[str] = set()
         for e in self._entries.values():
-            if e.adapter in loaded:
+            if e.adapter in loaded or e.identity:
                 continue
             loaded.add(e.adapter)
             if model is None:
                 model = PeftModel.from_pretrained(net, e.path, adapter_name=e.adapter, is_trainable=False)
             else:
                 model.load_adapter(e.path, adapter_name=e.adapter, is_trainable=False)
+        if model is None:  # every task is served by its probe: the frozen base alone
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(net, LoraConfig(r=1, target_modules=list(_first_linear(net))), adapter_name="unused")
         model.eval()
         self.model = model
         self._torch = torch
@@ -128,7 +151,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ forward passes
     def _pooled(self, texts: list[str], max_lengths: list[int], adapters: list[str] | None, batch_size: int,
-                group: bool = True, layer: int | Sequence[int] = -1) -> Any:
+                group: bool = True, layer: int | Sequence[int] = -1, truncations: list[str] | None = None) -> Any:
         """Mean-pooled last hidden states, one row per text, in input order.
 
         ``adapters`` None = adapters disabled (frozen base), pooling hidden state(s) ``layer``
@@ -138,7 +161,8 @@ class Predictor:
         """
         torch = self._torch
         tok = self.base.tokenizer
-        enc = [tok(t, truncation=True, max_length=m)["input_ids"] for t, m in zip(texts, max_lengths)]
+        truncs = truncations or ["head"] * len(texts)
+        enc = [tokenize(tok, [t], m, tr)[0] for t, m, tr in zip(texts, max_lengths, truncs)]
         if adapters is not None and group:
             order = sorted(range(len(texts)), key=lambda i: (adapters[i], len(enc[i])))
         else:
@@ -161,6 +185,9 @@ class Predictor:
     def _adapter_forward(self, kw: dict[str, Any], names: list[str]) -> Any:
         torch = self._torch
         unique = sorted(set(names))
+        if unique == [BASE]:
+            with self.model.disable_adapter():
+                return self.model(**kw).last_hidden_state
         if len(unique) == 1:
             self.model.set_adapter(unique[0])
             return self.model(**kw).last_hidden_state
@@ -171,8 +198,13 @@ class Predictor:
         hidden = None
         for name in unique:
             rows = [i for i, n in enumerate(names) if n == name]
-            self.model.set_adapter(name)
-            h = self.model(**{k: v[rows] for k, v in kw.items()}).last_hidden_state
+            sub = {k: v[rows] for k, v in kw.items()}
+            if name == BASE:
+                with self.model.disable_adapter():
+                    h = self.model(**sub).last_hidden_state
+            else:
+                self.model.set_adapter(name)
+                h = self.model(**sub).last_hidden_state
             if hidden is None:
                 hidden = torch.zeros((len(names), *h.shape[1:]), dtype=h.dtype)
             hidden[rows] = h
@@ -233,7 +265,7 @@ class Predictor:
         if rows:
             ents = [self._entries[tasks[i]] for i in rows]
             pooled = self._pooled([texts[i] for i in rows], [e.max_length for e in ents], [e.adapter for e in ents],
-                                  batch_size, group=group_tasks)
+                                  batch_size, group=group_tasks, truncations=[e.truncation for e in ents])
             for name, e in self._entries.items():
                 sel = [k for k, ent in enumerate(ents) if ent is e]
                 if not sel:

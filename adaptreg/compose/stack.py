@@ -58,9 +58,11 @@ class StackedModel:
         self.base = base
         self.head = load_task_head(adapters[head], head)
         self.max_length = int((manifests[head].get("training") or {}).get("max_length", 256))
+        self.truncation = str((manifests[head].get("training") or {}).get("truncation", "head"))
 
     def features(self, texts: list[str], batch_size: int = 32) -> Any:
-        return pooled_features(self.model, self.base.tokenizer, list(texts), self.max_length, batch_size)
+        return pooled_features(self.model, self.base.tokenizer, list(texts), self.max_length, batch_size,
+                               truncation=self.truncation)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> tuple[list[str], list[float]]:
         import torch

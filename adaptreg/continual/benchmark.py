@@ -108,15 +108,34 @@ class TextScenario:
         self.tokenizer = base.tokenizer
         self.hidden_size = base.hidden_size
 
-    def features(self, inputs: list[str]) -> np.ndarray:
+    def length(self, td: Any) -> int:
+        """The task's token length: the onboarding rule (:func:`adaptreg.train.resolve_length`)."""
+        from ..train import resolve_length
+
+        return resolve_length(self.base, td, self.train)
+
+    def features(self, inputs: list[str], max_length: int | None = None) -> np.ndarray:
         from ..base import encode
 
-        return encode(self.base, inputs, self.train.max_length, self.train.eval_batch_size)
+        return encode(self.base, inputs, max_length or self.train.max_length or 128, self.train.eval_batch_size,
+                      truncation=self.train.truncation)
+
+    @property
+    def split(self) -> int:
+        from ..trunk import split_point
+
+        return split_point(self.base.model, self.train.adapted_layers)
 
     def new_peft(self) -> Any:
         from ..train import build_peft_model
 
-        return build_peft_model(self.base.model, self.base.model_type, self.lora)
+        return build_peft_model(self.base.model, self.base.model_type, self.lora, split=self.split)
+
+    def train_task(self, td: Any, probe: bool, peft_model: Any = None) -> Any:
+        """Onboarding's own training (:func:`adaptreg.train.train_task`): trunk cache, probe, selection."""
+        from ..train import train_task
+
+        return train_task(self.base, td, self.lora, self.train, probe=probe, peft_model=peft_model, progress=False)
 
     def release(self, peft_model: Any) -> None:
         peft_model.unload()
@@ -134,12 +153,26 @@ class TextScenario:
         return self.base.fingerprint
 
 
-def _logits(model: Any, tokenizer: Any, inputs: list, max_length: int, batch_size: int) -> np.ndarray:
+def _logits(model: Any, tokenizer: Any, inputs: list, max_length: int, batch_size: int,
+            truncation: str = "head") -> np.ndarray:
+    """Logits through the whole (adapted) base: the serving path (images: ``tokenizer`` is the batcher)."""
     import torch
 
     model.train(False)
     out = []
     with torch.inference_mode():
+        if isinstance(inputs[0] if inputs else "", str):
+            from ..trunk import length_batches, pad, tokenize
+
+            ids = tokenize(tokenizer, inputs, max_length, truncation)
+            res = None
+            for idx in length_batches([len(x) for x in ids], batch_size):
+                input_ids, mask = pad([ids[i] for i in idx], tokenizer.pad_token_id or 0)
+                z = model({"input_ids": input_ids, "attention_mask": mask}).float().numpy()
+                if res is None:
+                    res = np.zeros((len(inputs), z.shape[1]), dtype=np.float32)
+                res[idx] = z
+            return res if res is not None else np.zeros((0, 0))
         for i in range(0, len(inputs), batch_size):
             batch = tokenizer(inputs[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt")
@@ -198,16 +231,22 @@ class ContinualBenchmark:
     def _settings(self) -> Any:
         return self.scenario.train
 
-    def _eval_model(self, model: Any, j: int) -> float | None:
+    def _eval_model(self, model: Any, j: int, max_length: int | None = None) -> float | None:
         s = self._settings()
         td = self.tasks[j][1]
-        logits = _logits(model, self.scenario.tokenizer, td.test.texts, s.max_length, s.eval_batch_size)
+        logits = _logits(model, self.scenario.tokenizer, td.test.texts, max_length or self.lengths[j] or s.max_length, s.eval_batch_size,
+                         s.truncation)
         return _accuracy(logits.argmax(-1), td.test.y)
 
     def _fit(self, model: Any, td: Any) -> dict[str, Any]:
+        """Images: the full-path loop. Text goes through :meth:`TextScenario.train_task` instead."""
         from ..train import fit
 
         return fit(model, self.scenario.tokenizer, td, self._settings(), progress=False)
+
+    @property
+    def _text(self) -> bool:
+        return self.scenario.kind == "text"
 
     # ------------------------------------------------------------------ run
     def run(self) -> BenchmarkResult:
@@ -218,8 +257,10 @@ class ContinualBenchmark:
                               R={}, probe_baseline=[None] * self.T)
         t0 = time.perf_counter()
         self.say(f"frozen-base features and probes for {self.T} tasks")
-        self.features = [{sp: self.scenario.features(getattr(td, sp).texts) for sp in ("train", "val", "test")}
-                         for _, td in self.tasks]
+        self.lengths = [self.scenario.length(td) if self._text else None for _, td in self.tasks]
+        self.features = [{sp: (self.scenario.features(getattr(td, sp).texts, self.lengths[j]) if self._text
+                               else self.scenario.features(getattr(td, sp).texts)) for sp in ("train", "val", "test")}
+                         for j, (_, td) in enumerate(self.tasks)]
         res.probe_baseline = self._probe()
         res.timings["features_and_probe"] = time.perf_counter() - t0
         if "probe" in self.strategies:
@@ -278,28 +319,38 @@ class ContinualBenchmark:
         self.adapters: list[dict[str, Any]] = []
         self.adapter_acc: list[float | None] = []
         self.adapter_preds: list[np.ndarray] = []
+        self.chosen: list[str] = []
         for j, (name, td) in enumerate(self.tasks):
             self.say(f"adapter {j + 1}/{self.T}: {name}")
-            peft_model = self.scenario.new_peft()
+            trained = None
+            peft_model = None if self._text else self.scenario.new_peft()
             try:
-                model = self.scenario.task_model(peft_model, td.n_labels)
-                self._fit(model, td)
                 s = self._settings()
-                logits = _logits(model, self.scenario.tokenizer, td.test.texts, s.max_length, s.eval_batch_size)
+                if self._text:  # exactly what `adaptreg onboard` registers: adapter or probe, chosen on validation
+                    trained = self.scenario.train_task(td, probe=True)
+                    model, peft_model = trained.model, trained.model.peft_model
+                    self.chosen.append(trained.chosen)
+                else:
+                    model = self.scenario.task_model(peft_model, td.n_labels)
+                    self._fit(model, td)
+                    self.chosen.append("adapter")
+                logits = _logits(model, self.scenario.tokenizer, td.test.texts, self.lengths[j] or s.max_length,
+                                 s.eval_batch_size, s.truncation)
                 pred = logits.argmax(-1)
                 self.adapter_preds.append(pred)
                 self.adapter_acc.append(_accuracy(pred, td.test.y))
                 state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
                 head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
                 entry = {"name": name, "lora": state, "head": head, "labels": list(td.labels), "dir": None}
-                if self.work_dir is not None and self.scenario.kind == "text":
-                    entry["dir"] = str(self._save_artifact(name, td, model))
+                if self.work_dir is not None and self._text:
+                    entry["dir"] = str(self._save_artifact(name, td, model, trained))
                 self.adapters.append(entry)
             finally:
-                self.scenario.release(peft_model)
-            self.say(f"  {name}: test accuracy {self.adapter_acc[-1]:.4f}")
+                if peft_model is not None:
+                    self.scenario.release(peft_model)
+            self.say(f"  {name}: test accuracy {self.adapter_acc[-1]:.4f} ({self.chosen[-1]})")
 
-    def _save_artifact(self, name: str, td: Any, model: Any) -> Path:
+    def _save_artifact(self, name: str, td: Any, model: Any, trained: Any) -> Path:
         """A standard adapter artifact (PEFT dir + head + labels + manifest) for Predictor / merge."""
         from .. import artifact
         from .._util import atomic_dir
@@ -314,7 +365,9 @@ class ContinualBenchmark:
             "base": {"id": base.id, "fingerprint": base.fingerprint, "model_type": base.model_type,
                      "hidden_size": base.hidden_size},
             "adapter": {**lora.to_dict(), "targets": list(lora.targets or default_targets(base.model_type))},
-            "training": self._settings().to_dict(),
+            "selection": {"chosen": trained.chosen},
+            "training": {**self._settings().to_dict(), "max_length": trained.max_length, "truncation": trained.truncation,
+                         "split": trained.split},
             "metrics": {"test_accuracy": self.adapter_acc[-1]},
             "libraries": artifact.library_versions(),
         }
@@ -442,8 +495,11 @@ class ContinualBenchmark:
         heads = []
         try:
             for i, (name, td) in enumerate(self.tasks):
-                model = self.scenario.task_model(peft_model, td.n_labels)
-                self._fit(model, td)
+                if self._text:
+                    model = self.scenario.train_task(td, probe=False, peft_model=peft_model).model
+                else:
+                    model = self.scenario.task_model(peft_model, td.n_labels)
+                    self._fit(model, td)
                 heads.append(model.head)
                 for j in range(i + 1):
                     m = self.scenario.task_model(peft_model, self.tasks[j][1].n_labels)
@@ -460,18 +516,25 @@ class ContinualBenchmark:
         steps = range(self.T) if self.joint_every_step else [self.T - 1]
         for i in steps:
             td, spans = _union_task(self.tasks[: i + 1])
-            peft_model = self.scenario.new_peft()
+            peft_model = None if self._text else self.scenario.new_peft()
             try:
-                model = self.scenario.task_model(peft_model, td.n_labels)
-                self._fit(model, td)
                 s = self._settings()
+                if self._text:
+                    trained = self.scenario.train_task(td, probe=False)
+                    model, peft_model, length = trained.model, trained.model.peft_model, trained.max_length
+                else:
+                    model = self.scenario.task_model(peft_model, td.n_labels)
+                    self._fit(model, td)
+                    length = s.max_length
                 for j in range(i + 1):
                     tdj = self.tasks[j][1]
                     lo, hi = spans[j]
-                    logits = _logits(model, self.scenario.tokenizer, tdj.test.texts, s.max_length, s.eval_batch_size)
+                    logits = _logits(model, self.scenario.tokenizer, tdj.test.texts, length, s.eval_batch_size,
+                                     s.truncation)
                     R[i][j] = _accuracy(logits[:, lo:hi].argmax(-1), tdj.test.y)
             finally:
-                self.scenario.release(peft_model)
+                if peft_model is not None:
+                    self.scenario.release(peft_model)
             self.say(f"  joint on {i + 1} tasks: {[round(v, 3) for v in R[i][: i + 1]]}")
         return R
 

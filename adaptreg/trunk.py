@@ -1,0 +1,237 @@
+"""Trunk and branch: the frozen bottom layers of a base run once per text, adapters live above them.
+
+A BERT-like base of ``n`` layers is cut at ``split = n - adapted_layers``: the embeddings and layers
+``0 .. split-1`` are the *trunk*, never adapted and never trained; layers ``split .. n-1`` are the
+*branch*, where the LoRA matrices sit (PEFT's ``layers_to_transform``, so the saved adapter is a
+plain PEFT adapter that ``PeftModel.from_pretrained`` loads and runs end to end).
+
+Because the trunk is frozen and deterministic, onboarding computes its output once per text
+(:class:`TrunkCache`: token states in half precision, spilled to a disk-backed array above a RAM
+budget) and every epoch, validation pass, the probe and the test report run only the branch.
+
+Token ids come from :func:`tokenize`, which also implements ``head+tail`` truncation (keep the
+first and the last tokens of an over-long text); training, evaluation and prediction share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .config import TRUNCATIONS
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+HEAD_SHARE = 0.25  # head+tail: this share of the budget goes to the head, the rest to the tail (Sun et al. 2019 kept 128 + 382)
+DEFAULT_RAM_BUDGET = 2 * 1024 ** 3
+
+
+# --------------------------------------------------------------------------- tokens
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head") -> list[list[int]]:
+    """Token ids per text with the tokenizer's special tokens, at most ``max_length`` in all.
+
+    ``head`` keeps the first tokens (what ``truncation=True`` does); ``head+tail`` keeps the first
+    ``HEAD_SHARE`` of the budget and the last tokens of the text, so a long text's ending survives.
+    """
+    if truncation not in TRUNCATIONS:
+        raise ConfigError(f"truncation {truncation!r} is unknown: use one of {', '.join(TRUNCATIONS)}")
+    if truncation == "head":
+        return [list(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    out = []
+    for ids in tokenizer(list(texts))["input_ids"]:  # special tokens included: [CLS] ... [SEP] stay at the ends
+        ids = list(ids)
+        if len(ids) > max_length:
+            head = int(max_length * HEAD_SHARE)
+            ids = ids[:head] + ids[len(ids) - (max_length - head):]
+        out.append(ids)
+    return out
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Untruncated token count of each text, special tokens included."""
+    return np.asarray([len(ids) for ids in tokenizer(list(texts))["input_ids"]])
+
+
+def auto_max_length(tokenizer: Any, texts: Sequence[str], cap: int, quantile: float = 0.9, multiple: int = 16) -> int:
+    """The task's own length: the ``quantile`` of its training texts' token counts, rounded up to a
+    multiple of ``multiple``, at least 32 and at most ``cap``."""
+    if not len(texts):
+        return min(cap, 128)
+    q = float(np.quantile(token_lengths(tokenizer, texts), quantile))
+    return int(min(cap, max(32, multiple * math.ceil(q / multiple))))
+
+
+def pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """Right-padded ``input_ids`` and ``attention_mask`` tensors of a batch."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, generator: Any = None, chunk_batches: int = 50) -> list[list[int]]:
+    """Batches of indices with little padding.
+
+    Without ``generator``: sorted by length (inference). With one (a ``torch.Generator``): shuffle,
+    sort by length inside chunks of ``chunk_batches`` batches, then shuffle the batches, so training
+    order stays random while each batch holds texts of similar length.
+    """
+    import torch
+
+    n = len(lengths)
+    if generator is None:
+        order = sorted(range(n), key=lambda i: lengths[i])
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    perm = torch.randperm(n, generator=generator).tolist()
+    chunk = batch_size * chunk_batches
+    batches = []
+    for s in range(0, n, chunk):
+        part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+# --------------------------------------------------------------------------- layers
+
+def _stack(model: Any) -> tuple[Any, Any]:
+    """(embeddings, list of layers) of a BERT-like encoder, or a clear error."""
+    emb = getattr(model, "embeddings", None)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if emb is None or layers is None:
+        raise ConfigError(f"{type(model).__name__} has no embeddings + encoder.layer stack: the trunk/branch split "
+                          "supports BERT-like encoders; use --adapted-layers 0 (adapt every layer) for this base")
+    return emb, layers
+
+
+def num_layers(model: Any) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def split_point(model: Any, adapted_layers: int) -> int:
+    """Index of the first adapted layer (``adapted_layers`` 0 = all layers adapted, split 0)."""
+    n = num_layers(model)
+    if adapted_layers < 0:
+        raise ConfigError(f"adapted_layers == {adapted_layers}, must be >= 0 (0 = every layer)")
+    if adapted_layers == 0 or adapted_layers >= n:
+        return 0
+    return n - adapted_layers
+
+
+def _attention_mask(model: Any, hidden: Any, mask: Any) -> Any:
+    """The mask format the layers expect (transformers >= 5: one helper; older: the extended mask)."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers 4.x
+        return model.get_extended_attention_mask(mask, tuple(mask.shape))
+    return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
+
+
+def _run_layers(model: Any, hidden: Any, mask: Any, layers: Sequence[Any]) -> Any:
+    ext = _attention_mask(model, hidden, mask)
+    for layer in layers:
+        out = layer(hidden, ext)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def trunk_forward(model: Any, input_ids: Any, mask: Any, split: int) -> Any:
+    """Hidden states after the embeddings and the first ``split`` layers (no gradient)."""
+    import torch
+
+    emb, layers = _stack(model)
+    with torch.no_grad():
+        hidden = emb(input_ids=input_ids)
+        return _run_layers(model, hidden, mask, list(layers)[:split])
+
+
+def branch_forward(model: Any, hidden: Any, mask: Any, split: int, upto: int | None = None) -> Any:
+    """Run layers ``split .. upto-1`` (default: to the last) on trunk states ``hidden``."""
+    _, layers = _stack(model)
+    return _run_layers(model, hidden, mask, list(layers)[split:upto])
+
+
+# --------------------------------------------------------------------------- cache
+
+class TrunkCache:
+    """Trunk token states of a list of texts, computed once, kept in half precision.
+
+    Rows are stored back to back without padding: ``bytes_per_example = tokens x hidden x 2``
+    (MiniLM, 128 tokens: at most 98,304 bytes). Above ``ram_budget`` bytes the store is a
+    ``numpy.memmap`` in a temporary file (deleted with the cache).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, split: int,
+                 truncation: str = "head", batch_size: int = 64, ram_budget: int = DEFAULT_RAM_BUDGET,
+                 ids: list[list[int]] | None = None):
+        import torch
+
+        self.split = split
+        self.ids = ids if ids is not None else tokenize(tokenizer, texts, max_length, truncation)
+        self.lengths = np.asarray([len(x) for x in self.ids], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        hidden = int(model.config.hidden_size)
+        total = int(self.offsets[-1])
+        self.nbytes = total * hidden * 2
+        self._file = None
+        if self.nbytes > ram_budget:
+            fd, self._file = tempfile.mkstemp(prefix="adaptreg-trunk-", suffix=".f16")
+            os.close(fd)
+            self.data = np.memmap(self._file, dtype=np.float16, mode="w+", shape=(max(total, 1), hidden))
+            logger.info("trunk cache %.0f MB > RAM budget: on disk at %s", self.nbytes / 1e6, self._file)
+        else:
+            self.data = np.empty((max(total, 1), hidden), dtype=np.float16)
+        pad_id = tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for idx in length_batches(self.lengths.tolist(), batch_size):
+                input_ids, mask = pad([self.ids[i] for i in idx], pad_id)
+                h = trunk_forward(model, input_ids, mask, split).to(torch.float16).numpy()
+                for row, i in enumerate(idx):
+                    self.data[self.offsets[i] : self.offsets[i + 1]] = h[row, : self.lengths[i]]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def bytes_per_example(self) -> float:
+        return self.nbytes / max(1, len(self))
+
+    def batch(self, idx: Sequence[int]) -> tuple[Any, Any]:
+        """float32 states [B, L, H] (zero-padded) and the attention mask [B, L] of rows ``idx``."""
+        import torch
+
+        width = int(self.lengths[list(idx)].max())
+        out = np.zeros((len(idx), width, self.data.shape[1]), dtype=np.float32)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = int(self.lengths[i])
+            out[row, :n] = self.data[self.offsets[i] : self.offsets[i + 1]]
+            mask[row, :n] = 1
+        return torch.from_numpy(out), mask
+
+    def close(self) -> None:
+        if self._file is not None:
+            del self.data
+            try:
+                os.unlink(self._file)
+            except OSError:
+                pass
+            self._file = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,134 @@
+"""Trunk and branch: the cached trunk path computes what the whole model computes; the probe is a
+first-class candidate (a task where training cannot help registers the probe, served exactly)."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from adaptreg.base import encode, load_base, mean_pool
+from adaptreg.config import LoraSettings, TrainSettings
+from adaptreg.trunk import (TrunkCache, auto_max_length, branch_forward, length_batches, pad, split_point, tokenize,
+                            trunk_forward)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_base):
+    return load_base(str(tiny_base))
+
+
+TEXTS = ["sport match team goal win", "the bank shares profit fell in the market today and the economy slowed",
+         "phone", "online users of digital data " * 5]
+
+
+def test_trunk_then_branch_equals_the_whole_model(base):
+    ids = tokenize(base.tokenizer, TEXTS, 32)
+    x, m = pad(ids, base.tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = base.model(input_ids=x, attention_mask=m).last_hidden_state
+        for split in range(0, base.model.config.num_hidden_layers + 1):
+            out = branch_forward(base.model, trunk_forward(base.model, x, m, split), m, split)
+            assert torch.allclose(mean_pool(out, m), mean_pool(full, m), atol=1e-5), split
+
+
+def test_cache_rows_match_unpadded_forward_and_spill_to_disk(base):
+    cache = TrunkCache(base.model, base.tokenizer, TEXTS, 32, 2, ram_budget=0)  # 0 bytes: forced onto disk
+    assert isinstance(cache.data, np.memmap) and cache._file is not None
+    assert cache.nbytes == int(cache.lengths.sum()) * base.hidden_size * 2
+    h, m = cache.batch([1, 3])
+    for row, i in enumerate([1, 3]):  # each row alone, no padding: same states up to half precision
+        ids = torch.tensor([tokenize(base.tokenizer, [TEXTS[i]], 32)[0]])
+        alone = trunk_forward(base.model, ids, torch.ones_like(ids), 2)[0]
+        assert torch.allclose(h[row, : alone.shape[0]], alone, atol=2e-2)
+        assert int(m[row].sum()) == alone.shape[0]
+    path = cache._file
+    cache.close()
+    import os
+
+    assert not os.path.exists(path)
+
+
+def test_head_tail_truncation_keeps_both_ends(base):
+    text = "sport " * 40 + "economy"
+    head = tokenize(base.tokenizer, [text], 16, "head")[0]
+    both = tokenize(base.tokenizer, [text], 16, "head+tail")[0]
+    assert len(head) == len(both) == 16
+    assert head[0] == both[0] == base.tokenizer.cls_token_id and both[-1] == base.tokenizer.sep_token_id
+    econ = base.tokenizer.convert_tokens_to_ids("economy")
+    assert econ in both and econ not in head
+    assert tokenize(base.tokenizer, ["phone"], 16, "head+tail") == tokenize(base.tokenizer, ["phone"], 16, "head")
+
+
+def test_length_batches_cover_every_row_once_and_group_lengths():
+    lengths = [random.Random(i).randint(1, 100) for i in range(200)]
+    gen = torch.Generator().manual_seed(0)
+    batches = length_batches(lengths, 16, generator=gen, chunk_batches=4)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 40  # random batches of 16 from U(1, 100) spread ~ 90
+
+
+def test_auto_length_and_split_point(base):
+    assert auto_max_length(base.tokenizer, ["phone"] * 10, 128) == 32  # the floor
+    long = ["sport match " * 60] * 10
+    assert auto_max_length(base.tokenizer, long, 64) == 64  # the cap
+    n = base.model.config.num_hidden_layers
+    assert split_point(base.model, 0) == 0 and split_point(base.model, 1) == n - 1 and split_point(base.model, n + 3) == 0
+
+
+def _write(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_shuffled_labels_register_the_probe_and_predict_exactly_like_it(tiny_base, tmp_path):
+    """Training cannot help when the training labels are noise: the probe must be registered, and
+    prediction through the registered version must equal the probe's own predictions."""
+    from conftest import make_toy_rows
+
+    from adaptreg.compose.predict import Predictor
+    from adaptreg.train import onboard
+
+    rows = make_toy_rows(40)
+    train_rows, val_rows, test_rows = rows[:72], rows[72:96], rows[96:]
+    rng = random.Random(0)
+    labels = [r["label"] for r in train_rows]
+    rng.shuffle(labels)
+    shuffled = [{"text": r["text"], "label": lab} for r, lab in zip(train_rows, labels)]
+    paths = {}
+    for name, part in (("train", shuffled), ("val", val_rows), ("test", test_rows)):
+        paths[name] = tmp_path / f"{name}.csv"
+        _write(paths[name], part)
+    # the probe's features are the frozen base's, which the random tiny BERT barely separates: give the
+    # probe a fair chance by making the val split clean while the adapter only ever sees noise
+    lb = load_base(str(tiny_base))
+    res = onboard("noise", str(paths["train"]), val=str(paths["val"]), test=str(paths["test"]), base=lb,
+                  train=TrainSettings(epochs=3, batch_size=8, max_length=32, lr=5e-3), lora=LoraSettings(),
+                  output=str(tmp_path / "out"), register=False, route=False, progress=False)
+    sel = res.manifest["selection"]
+    assert sel["chosen"] == "probe", sel
+    assert res.metrics["test_accuracy"] == res.metrics["probe_test_accuracy"]
+    pred = Predictor.from_artifacts(lb, {"noise": res.artifact_dir})
+    texts = [r["text"] for r in test_rows] + ["sport goal", "bank profit", "phone data online"]
+    got = [o["label"] for o in pred.predict(texts, task="noise")]
+    clf = res.extra["probe"]
+    feats = encode(lb, texts, res.manifest["training"]["max_length"], truncation=res.manifest["training"]["truncation"])
+    want = [res.manifest["labels"][i] for i in clf.predict(feats)]
+    assert got == want
+    # and no adapter was loaded for it: the task is served by the frozen base
+    assert pred._entries["noise"].identity
+
+
+def test_non_finite_settings_are_refused():
+    from adaptreg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr == inf"):
+        TrainSettings(lr=float("inf"))
+    with pytest.raises(ConfigError, match="alpha == nan"):
+        LoraSettings(alpha=float("nan"))
