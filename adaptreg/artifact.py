@@ -139,6 +139,23 @@ def load_head(directory: str | os.PathLike) -> Head:
     return Head(weight=state["weight"], bias=state["bias"], labels=labels)
 
 
+def load_task_head(directory: str | os.PathLike, task: str | None = None) -> Head:
+    """A task's head from an adapter artifact: ``heads/<task>`` of a merged artifact (checksummed), else its own head."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    heads = (read_manifest(d).get("merge") or {}).get("heads") or {}
+    if task is None or task not in heads:
+        return load_head(d)
+    info = heads[task]
+    for key in ("head", "labels"):
+        if sha256_file(d / info[key]) != info[f"{key}_sha256"]:
+            raise IntegrityError(f"{d / info[key]} failed its sha256 check; the merged artifact was modified")
+    state = load_file(str(d / info["head"]))
+    labels = json.loads((d / info["labels"]).read_text(encoding="utf-8"))["labels"]
+    return Head(weight=state["weight"], bias=state["bias"], labels=labels)
+
+
 def adapter_size_bytes(directory: str | os.PathLike) -> int:
     d = Path(directory)
     return sum((d / n).stat().st_size for n in CHECKED_FILES if (d / n).exists())

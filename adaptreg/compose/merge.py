@@ -371,23 +371,7 @@ def _write_heads(d: Path, paths: dict[str, str], manifest: dict[str, Any]) -> No
                                          "labels_sha256": sha256_file(d / lf)}
 
 
-def load_task_head(directory: str | os.PathLike, task: str | None = None) -> artifact.Head:
-    """A task's head from an adapter artifact: ``heads/<task>`` of a merged artifact (checksummed), else its own head."""
-    from safetensors.torch import load_file
-
-    from ..errors import IntegrityError
-
-    d = Path(directory)
-    heads = (artifact.read_manifest(d).get("merge") or {}).get("heads") or {}
-    if task is None or task not in heads:
-        return artifact.load_head(d)
-    info = heads[task]
-    for key in ("head", "labels"):
-        if sha256_file(d / info[key]) != info[f"{key}_sha256"]:
-            raise IntegrityError(f"{d / info[key]} failed its sha256 check; the merged artifact was modified")
-    state = load_file(str(d / info["head"]))
-    labels = json.loads((d / info["labels"]).read_text(encoding="utf-8"))["labels"]
-    return artifact.Head(weight=state["weight"], bias=state["bias"], labels=labels)
+load_task_head = artifact.load_task_head  # moved to artifact.py; kept here for older imports
 
 
 # --------------------------------------------------------------------------- export

@@ -1,60 +1,109 @@
-"""Predict without a task id: route each text, then run every row through its own task adapter.
+"""Predict with or without a task id: one trunk pass per row, then each row's own task branch.
 
-All task adapters are loaded into one PEFT model (one copy of the base weights). A mixed-task
-batch is one base forward with a LoRA adapter per row (PEFT's ``adapter_names`` mixed-batch
-inference); each row's task head is then applied to its mean-pooled features.
+The frozen trunk (embeddings + the layers below every loaded adapter, :mod:`adaptreg.trunk`) runs
+once per row. Routing reads its features from that same pass (the router's layers lie inside the
+trunk), so a mixed-task batch costs one trunk pass, the routing maths, and one branch pass per row.
 
-Routing needs frozen-base features, i.e. a second forward with the adapters disabled. To keep
-that cheap it runs at the router's ``max_length`` (64 tokens by default) instead of the task's
-training length; the router's statistics were computed at that same length. Both forwards sort
-rows by length inside a call so that batches carry little padding; results come back in input
-order.
+A task's *branch* is a private copy of the layers its adapter touches, with the LoRA update folded
+into the weights (``W + s * B @ A``; DoRA's magnitude rescaling too). That is the same function as
+PEFT's unmerged forward up to float rounding (a test compares them), costs no PEFT import at
+prediction time, and is built lazily, the first time a row is sent to the task. Tasks whose
+linear probe won at onboarding (``selection.chosen == "probe"``) have no branch copy: they run
+the frozen base's own layers and their probe head.
+
+Rows whose task reads a different tokenization than the routing pass (another length or
+truncation, and a text long enough for it to matter) get their trunk recomputed at the task's own
+tokenization, so routed and ``task=`` predictions are the same.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import artifact
-from ..base import LoadedBase, load_base, mean_pool, pooled_states
-from ..errors import ConfigError, NotFoundError
-from ..trunk import tokenize
+from ..base import LoadedBase, load_base, mean_pool
+from ..errors import ConfigError, IntegrityError, NotFoundError
+from ..trunk import _run_layers, _stack, length_batches, pad, tokenize
 from .router import UNKNOWN, Router
 
 logger = logging.getLogger(__name__)
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch: rows whose task is served by its probe
-
-
-def _first_linear(net: Any) -> list[str]:
-    """One linear module name of ``net`` (a placeholder adapter when no task needs a real one)."""
-    import torch
-
-    for name, mod in net.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            return [name]
-    raise ConfigError("the base has no linear layer to attach an adapter to")
+CHUNK_ROWS = 2048  # rows held in memory at once (trunk states of a chunk: rows x tokens x hidden floats)
 
 
 @dataclass
 class _TaskEntry:
     task: str
-    adapter: str  # internal PEFT adapter name (task names may contain '.', module keys may not)
     path: str
     head_w: Any
     head_b: Any
     labels: list[str]
     max_length: int
-    dora: bool
+    truncation: str
+    identity: bool  # the linear probe won at onboarding: frozen layers + probe head, no adapter
+    layers: list[int]  # layers the adapter touches (empty for identity)
     version: Any = None
-    truncation: str = "head"
-    identity: bool = False  # the linear probe won at onboarding: frozen base + probe head, no adapter
+    branch: list[Any] | None = field(default=None, repr=False)
+
+
+def _adapter_layers(path: str, n_layers: int) -> list[int]:
+    """Layer indices an adapter touches, from its PEFT config and weight names (no weights loaded)."""
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    ltt = cfg.get("layers_to_transform")
+    if ltt is not None:
+        return sorted({int(ltt)} if isinstance(ltt, int) else {int(i) for i in ltt})
+    return list(range(n_layers))
+
+
+def _lora_deltas(path: str) -> dict[str, dict[str, Any]]:
+    """``{module path: {"A", "B", "scale", "magnitude"}}`` from a PEFT LoRA directory (safetensors only)."""
+    import re
+
+    from safetensors.torch import load_file
+
+    d = Path(path)
+    cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ConfigError(f"{d}: PEFT type {cfg.get('peft_type')!r} is not LoRA")
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    rank_pat, alpha_pat = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    state = load_file(str(d / "adapter_model.safetensors"))
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        m = re.match(r"^base_model\.model\.(.+?)\.(lora_A|lora_B)\.weight$", key) or \
+            re.match(r"^base_model\.model\.(.+?)\.(lora_magnitude_vector)(?:\.weight)?$", key)
+        if not m:
+            raise IntegrityError(f"{d}: unexpected adapter weight {key!r}")
+        out.setdefault(m.group(1), {})[{"lora_A": "A", "lora_B": "B"}.get(m.group(2), "magnitude")] = value
+    for name, parts in out.items():
+        rr = next((int(v) for k, v in rank_pat.items() if name.endswith(k)), r)
+        aa = next((float(v) for k, v in alpha_pat.items() if name.endswith(k)), alpha)
+        parts["scale"] = aa / math.sqrt(rr) if cfg.get("use_rslora") else aa / rr
+        if "A" not in parts or "B" not in parts:
+            raise IntegrityError(f"{d}: adapter weights for {name} are incomplete")
+    return out
+
+
+def fold_lora(module: Any, parts: dict[str, Any]) -> None:
+    """Fold a LoRA (or DoRA) update into a ``torch.nn.Linear`` in place, as PEFT's merge does."""
+    import torch
+
+    with torch.no_grad():
+        w = module.weight
+        delta = (parts["B"].float() @ parts["A"].float()) * parts["scale"]
+        merged = w.float() + delta
+        if "magnitude" in parts:  # DoRA: m * (W + sBA) / ||W + sBA|| per output row
+            norm = merged.norm(p=2, dim=1, keepdim=True)
+            merged = merged * (parts["magnitude"].float().view(-1, 1) / norm)
+        w.copy_(merged.to(w.dtype))
 
 
 class Predictor:
@@ -98,131 +147,123 @@ class Predictor:
     # ------------------------------------------------------------------ set-up
     def _setup(self, base: LoadedBase, paths: dict[str, str], router: Router | None, threshold: float | None) -> None:
         import torch
-        from peft import PeftModel
 
         if not paths:
             raise ConfigError("no adapters given: pass at least one task")
         self.base = base
         self.router = router
         self.threshold = threshold
-        from .merge import load_task_head
-
+        self._torch = torch
+        _, layers = _stack(base.model)
+        self._layers = list(layers)
+        n = len(self._layers)
         self._entries: dict[str, _TaskEntry] = {}
-        by_path: dict[str, str] = {}  # a merged artifact serving several tasks is loaded once
         for task, path in paths.items():
             manifest = artifact.verify(path)
             artifact.check_base(manifest, base.fingerprint, base.id)
-            head = load_task_head(path, task)
-            key = str(Path(path).resolve())
-            identity = (manifest.get("selection") or {}).get("chosen") == "probe"
-            if not identity:
-                by_path.setdefault(key, f"adapter{len(by_path)}")
+            head = artifact.load_task_head(path, task)
             training = manifest.get("training") or {}
+            identity = (manifest.get("selection") or {}).get("chosen") == "probe"
             self._entries[task] = _TaskEntry(
-                task=task, adapter=BASE if identity else by_path[key], path=str(path), head_w=head.weight.float(),
-                head_b=head.bias.float(), labels=list(head.labels), max_length=int(training.get("max_length") or 256),
-                dora=(manifest.get("adapter") or {}).get("kind") == "dora", truncation=training.get("truncation", "head"),
-                identity=identity)
-        # A private copy of the base: PEFT injects LoRA layers into the module it wraps, and the
-        # caller's LoadedBase must keep computing frozen-base features.
-        net = copy.deepcopy(base.model)
-        model = None
-        loaded: set[str] = set()
-        for e in self._entries.values():
-            if e.adapter in loaded or e.identity:
-                continue
-            loaded.add(e.adapter)
-            if model is None:
-                model = PeftModel.from_pretrained(net, e.path, adapter_name=e.adapter, is_trainable=False)
-            else:
-                model.load_adapter(e.path, adapter_name=e.adapter, is_trainable=False)
-        if model is None:  # every task is served by its probe: the frozen base alone
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(net, LoraConfig(r=1, target_modules=list(_first_linear(net))), adapter_name="unused")
-        model.eval()
-        self.model = model
-        self._torch = torch
+                task=task, path=str(path), head_w=head.weight.float(), head_b=head.bias.float(), labels=list(head.labels),
+                max_length=int(training.get("max_length") or 256), truncation=str(training.get("truncation", "head")),
+                identity=identity, layers=[] if identity else _adapter_layers(path, n))
+        touched = [min(e.layers) for e in self._entries.values() if e.layers]
+        self.split = min(touched) if touched else n  # the trunk: every layer below all adapters
+        self._branches: dict[str, list[Any]] = {}
         self.last_timing_: dict[str, float] = {}
 
     @property
     def tasks(self) -> list[str]:
         return list(self._entries)
 
-    # ------------------------------------------------------------------ forward passes
-    def _pooled(self, texts: list[str], max_lengths: list[int], adapters: list[str] | None, batch_size: int,
-                group: bool = True, layer: int | Sequence[int] = -1, truncations: list[str] | None = None) -> Any:
-        """Mean-pooled last hidden states, one row per text, in input order.
+    def _branch(self, e: _TaskEntry) -> list[Any]:
+        """The task's layers ``split ..``: frozen originals, or a private copy with its LoRA folded in (built once)."""
+        if e.identity:
+            return self._layers[self.split:]
+        key = str(Path(e.path).resolve())  # a merged artifact serving several tasks is folded once
+        if key not in self._branches:
+            deltas = _lora_deltas(e.path)
+            prefix = "encoder.layer."
+            branch = [copy.deepcopy(layer) if i in e.layers else layer for i, layer in enumerate(self._layers)][self.split:]
+            for name, parts in deltas.items():
+                if not name.startswith(prefix):
+                    raise IntegrityError(f"{e.path}: adapter touches {name!r}, outside the encoder layers")
+                idx, _, sub = name[len(prefix):].partition(".")
+                if int(idx) < self.split:
+                    raise IntegrityError(f"{e.path}: adapter touches layer {idx} but its config says layers {e.layers}")
+                fold_lora(branch[int(idx) - self.split].get_submodule(sub), parts)
+            for layer in branch:
+                layer.eval()
+            self._branches[key] = branch
+        return self._branches[key]
 
-        ``adapters`` None = adapters disabled (frozen base), pooling hidden state(s) ``layer``
-        (:func:`adaptreg.base.pooled_states`); else the PEFT adapter name per row.
-        ``group``: order rows by (adapter, length) so that most batches hold one adapter; the few
-        batches that straddle two tasks still run as one mixed forward. Otherwise by length only.
-        """
+    # ------------------------------------------------------------------ passes
+    def _trunk(self, ids: list[list[int]], batch_size: int, collect: Sequence[int] = ()) -> tuple[list[Any], Any]:
+        """Trunk states per row (``[len, hidden]`` tensors) and, for ``collect`` (hidden-state
+        indices; beyond the trunk the frozen layers run on), mean-pooled features side by side."""
         torch = self._torch
-        tok = self.base.tokenizer
-        truncs = truncations or ["head"] * len(texts)
-        enc = [tokenize(tok, [t], m, tr)[0] for t, m, tr in zip(texts, max_lengths, truncs)]
-        if adapters is not None and group:
-            order = sorted(range(len(texts)), key=lambda i: (adapters[i], len(enc[i])))
-        else:
-            order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-        width = self.base.hidden_size * (1 if isinstance(layer, int) else len(layer))
-        out = torch.empty((len(texts), width))
+        emb, _ = _stack(self.base.model)
+        top = max([self.split, *collect]) if collect else self.split
+        states: list[Any] = [None] * len(ids)
+        width = self.base.hidden_size * len(collect)
+        feats = torch.zeros((len(ids), width)) if collect else None
+        pad_id = self.base.tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-                kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-                if adapters is None:
-                    with self.model.disable_adapter():
-                        out[idx] = pooled_states(self.model, kw, layer)
-                else:
-                    hidden = self._adapter_forward(kw, [adapters[i] for i in idx])
-                    out[idx] = mean_pool(hidden, batch["attention_mask"]).float()
+            for idx in length_batches([len(x) for x in ids], batch_size):
+                input_ids, mask = pad([ids[i] for i in idx], pad_id)
+                h = emb(input_ids=input_ids)
+                seen = {0: h}
+                for i in range(top):
+                    h = _run_layers(self.base.model, h, mask, [self._layers[i]])
+                    seen[i + 1] = h
+                trunk_out = seen[self.split]
+                for r, i in enumerate(idx):
+                    states[i] = trunk_out[r, : len(ids[i])]
+                if collect:
+                    feats[idx] = torch.cat([mean_pool(seen[c], mask).float() for c in collect], -1)
+        return states, feats
+
+    def _branch_pooled(self, e: _TaskEntry, states: list[Any], batch_size: int) -> Any:
+        """Mean-pooled last-layer states of rows (trunk states) through the task's branch."""
+        torch = self._torch
+        branch = self._branch(e)
+        out = torch.zeros((len(states), self.base.hidden_size))
+        with torch.inference_mode():
+            for idx in length_batches([s.shape[0] for s in states], batch_size):
+                width = max(states[i].shape[0] for i in idx)
+                h = torch.zeros((len(idx), width, self.base.hidden_size))
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    h[r, : states[i].shape[0]] = states[i]
+                    mask[r, : states[i].shape[0]] = 1
+                out[idx] = mean_pool(_run_layers(self.base.model, h, mask, branch), mask).float()
         return out
 
-    def _adapter_forward(self, kw: dict[str, Any], names: list[str]) -> Any:
-        torch = self._torch
-        unique = sorted(set(names))
-        if unique == [BASE]:
-            with self.model.disable_adapter():
-                return self.model(**kw).last_hidden_state
-        if len(unique) == 1:
-            self.model.set_adapter(unique[0])
-            return self.model(**kw).last_hidden_state
-        dora = {e.adapter for e in self._entries.values() if e.dora}
-        if not dora & set(unique):
-            return self.model(**kw, adapter_names=names).last_hidden_state
-        # PEFT's mixed batches do not support DoRA: one forward per adapter instead.
-        hidden = None
-        for name in unique:
-            rows = [i for i, n in enumerate(names) if n == name]
-            sub = {k: v[rows] for k, v in kw.items()}
-            if name == BASE:
-                with self.model.disable_adapter():
-                    h = self.model(**sub).last_hidden_state
-            else:
-                self.model.set_adapter(name)
-                h = self.model(**sub).last_hidden_state
-            if hidden is None:
-                hidden = torch.zeros((len(names), *h.shape[1:]), dtype=h.dtype)
-            hidden[rows] = h
-        return hidden
+    def _router_layers(self) -> list[int]:
+        depth = len(self._layers) + 1
+        return [i % depth for i in self.router.feature_layers]
+
+    def _route_ids(self, texts: list[str]) -> list[list[int]]:
+        r = self.router
+        return tokenize(self.base.tokenizer, texts, int(r.max_length), getattr(r, "truncation", "head"))
 
     def route_features(self, texts: list[str], batch_size: int = 32) -> Any:
-        """Frozen-base features at the router's max_length and layers (numpy, input order)."""
-        ml = self.router.max_length if self.router is not None else 64
-        layers = list(self.router.feature_layers) if self.router is not None else -1
-        return self._pooled(list(texts), [int(ml)] * len(texts), None, batch_size, layer=layers).numpy()
+        """Frozen-base routing features (numpy, input order), from the trunk pass."""
+        if self.router is None:
+            raise ConfigError("this predictor has no router")
+        _, feats = self._trunk(self._route_ids(list(texts)), batch_size, self._router_layers())
+        return feats.numpy()
 
     def route(self, texts: list[str], threshold: float | None = None, batch_size: int = 32) -> tuple[list[str], Any]:
+        return self._route_feats(self.route_features(texts, batch_size), threshold)
+
+    def _route_feats(self, feats: Any, threshold: float | None) -> tuple[list[str], Any]:
         if self.router is None:
             raise ConfigError("this predictor has no router: pass task=... or build one (`adaptreg route add TASK`)")
         routable = [t for t in self.router.tasks_ if t in self._entries]
         if not routable:
             raise ConfigError(f"the router knows tasks {self.router.tasks_}, none of which is loaded ({self.tasks})")
-        feats = self.route_features(texts, batch_size)
         thr = self.threshold if threshold is None else threshold
         return self.router.route(feats, threshold=thr, tasks=routable)
 
@@ -232,51 +273,76 @@ class Predictor:
         """One dict per text, in input order: text, task, label, confidence, route_score.
 
         ``task``: None = route each text (``unknown`` when the router abstains), a task name for
-        every row, or a list with one task name per row. Rows are batched by length, so batches
-        mix tasks (one forward, PEFT's per-row adapters); ``group_tasks=True`` orders them by
-        (task, length) instead so that most batches hold one adapter (no measurable gain on CPU
-        in docs/composition.md; kept for devices where the per-adapter gather/scatter costs more).
+        every row, or a list with one task name per row. ``group_tasks`` is accepted for
+        compatibility; rows are always grouped by task for the branch pass.
         """
-        torch = self._torch
         texts = [str(t) for t in texts]
         if batch_size < 1:
             raise ConfigError(f"batch_size == {batch_size}, must be >= 1")
-        t0 = time.perf_counter()
-        scores: list[float | None] = [None] * len(texts)
-        if task is None:
-            if self.router is None and len(self._entries) == 1:
-                tasks = [self.tasks[0]] * len(texts)
-            else:
-                tasks, sc = self.route(texts, threshold, batch_size) if texts else ([], [])
-                scores = [float(s) for s in sc]
-        elif isinstance(task, str):
-            tasks = [task] * len(texts)
-        else:
-            tasks = list(task)
-            if len(tasks) != len(texts):
-                raise ConfigError(f"task has {len(tasks)} entries for {len(texts)} texts; give one per text or a single name")
-        unknown = sorted({t for t in tasks if t != UNKNOWN and t not in self._entries})
+        if task is not None and not isinstance(task, str):
+            task = list(task)
+            if len(task) != len(texts):
+                raise ConfigError(f"task has {len(task)} entries for {len(texts)} texts; give one per text or a single name")
+        wanted = {task} if isinstance(task, str) else set(task or [])
+        unknown = sorted(t for t in wanted if t != UNKNOWN and t not in self._entries)
         if unknown:
             raise NotFoundError(f"no adapter loaded for task(s) {unknown}; loaded: {', '.join(self.tasks)}")
+        if task is None and self.router is None and len(self._entries) > 1:
+            raise ConfigError("this predictor has no router: pass task=... or build one (`adaptreg route add TASK`)")
+        timing = {"route_s": 0.0, "adapter_s": 0.0}
+        out: list[dict[str, Any]] = []
+        for s in range(0, len(texts), CHUNK_ROWS):
+            chunk_task = task if task is None or isinstance(task, str) else task[s : s + CHUNK_ROWS]
+            out += self._predict_chunk(texts[s : s + CHUNK_ROWS], chunk_task, batch_size, threshold, timing)
+        self.last_timing_ = {**timing, "total_s": timing["route_s"] + timing["adapter_s"], "n": len(texts)}
+        return out
+
+    def _predict_chunk(self, texts: list[str], task: Any, batch_size: int, threshold: float | None,
+                       timing: dict[str, float]) -> list[dict[str, Any]]:
+        torch = self._torch
+        t0 = time.perf_counter()
+        scores: list[float | None] = [None] * len(texts)
+        states: list[Any] = [None] * len(texts)
+        shared_ids: list[list[int]] | None = None
+        if task is None and self.router is None:
+            tasks = [self.tasks[0]] * len(texts)
+        elif task is None:
+            shared_ids = self._route_ids(texts)
+            states, feats = self._trunk(shared_ids, batch_size, self._router_layers())
+            tasks, sc = self._route_feats(feats.numpy(), threshold) if texts else ([], [])
+            scores = [float(v) for v in sc]
+        else:
+            tasks = [task] * len(texts) if isinstance(task, str) else list(task)
         t1 = time.perf_counter()
-        rows = [i for i, t in enumerate(tasks) if t != UNKNOWN]
         out: list[dict[str, Any]] = [{"text": texts[i], "task": UNKNOWN, "label": UNKNOWN, "confidence": None,
                                       "route_score": scores[i]} for i in range(len(texts))]
-        if rows:
-            ents = [self._entries[tasks[i]] for i in rows]
-            pooled = self._pooled([texts[i] for i in rows], [e.max_length for e in ents], [e.adapter for e in ents],
-                                  batch_size, group=group_tasks, truncations=[e.truncation for e in ents])
-            for name, e in self._entries.items():
-                sel = [k for k, ent in enumerate(ents) if ent is e]
-                if not sel:
-                    continue
-                prob = torch.softmax(pooled[sel] @ e.head_w.T + e.head_b, -1)
-                conf, idx = prob.max(-1)
-                for k, c, j in zip(sel, conf.tolist(), idx.tolist()):
-                    row = out[rows[k]]
-                    row.update(task=name, label=e.labels[j], confidence=float(c))
+        # each row's tokens at its own task's length; reuse the routing pass's trunk where they agree
+        redo: list[int] = []
+        own_ids: dict[int, list[int]] = {}
+        for i, t in enumerate(tasks):
+            if t == UNKNOWN:
+                continue
+            e = self._entries[t]
+            ids = tokenize(self.base.tokenizer, [texts[i]], e.max_length, e.truncation)[0]
+            if shared_ids is None or ids != shared_ids[i]:
+                own_ids[i] = ids
+                redo.append(i)
+        if redo:
+            fresh, _ = self._trunk([own_ids[i] for i in redo], batch_size)
+            for i, st in zip(redo, fresh):
+                states[i] = st
+        for name, e in self._entries.items():
+            rows = [i for i, t in enumerate(tasks) if t == name]
+            if not rows:
+                continue
+            pooled = self._branch_pooled(e, [states[i] for i in rows], batch_size)
+            prob = torch.softmax(pooled @ e.head_w.T + e.head_b, -1)
+            conf, idx = prob.max(-1)
+            for i, c, j in zip(rows, conf.tolist(), idx.tolist()):
+                out[i].update(task=name, label=e.labels[j], confidence=float(c))
         t2 = time.perf_counter()
-        self.last_timing_ = {"route_s": t1 - t0, "adapter_s": t2 - t1, "total_s": t2 - t0, "n": len(texts)}
+        timing["route_s"] += t1 - t0
+        timing["adapter_s"] += t2 - t1
         return out
 
     def __repr__(self) -> str:
