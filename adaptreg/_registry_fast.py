@@ -195,6 +195,15 @@ class SqliteReader:
             return _with_tags(q, task, rows)[0] if rows else None
 
 
+    def model_versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version of any registered model (managed or not, e.g. the router), newest first."""
+        with self._session() as q:
+            rows = q("SELECT version, creation_time, source, run_id FROM model_versions "
+                     "WHERE {ws} AND name = ? AND (current_stage IS NULL OR current_stage != ?) ORDER BY version DESC",
+                     (_WS, name, DELETED_STAGE))
+            return _with_tags(q, name, rows) if rows else []
+
+
 def _managed(q: Callable, task: str, managed_tag: str) -> bool:
     rows = q("SELECT value FROM registered_model_tags WHERE {ws} AND name = ? AND key = ?", (_WS, task, managed_tag))
     return bool(rows) and rows[0][0] == "true"

@@ -503,6 +503,7 @@ class TrainedTask:
     cache_bytes_per_example: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     paired: dict[str, Any] | None = None
+    router_features: Any = None  # the router's features of the training split, from the trunk cache
 
 
 def resolve_length(lb: LoadedBase, td: TaskData, train: TrainSettings) -> int:
@@ -513,6 +514,34 @@ def resolve_length(lb: LoadedBase, td: TaskData, train: TrainSettings) -> int:
         return int(train.max_length)
     limit = int(getattr(lb.model.config, "max_position_embeddings", 512) or 512)
     return auto_max_length(lb.tokenizer, td.train.texts, min(int(train.length_cap), limit))
+
+
+def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], router: Any, batch_size: int) -> Any:
+    """The router's features of ``texts`` from their trunk cache, or None when the router reads
+    layers other than the trunk's output. Rows the router tokenizes differently (another length or
+    truncation, on a text long enough for it to matter) get their trunk recomputed."""
+    import numpy as np
+    import torch
+
+    from .trunk import length_batches, num_layers, pad, tokenize, trunk_forward
+
+    depth = num_layers(lb.model) + 1
+    if [i % depth for i in router.feature_layers] != [cache.split]:
+        return None
+    ids = tokenize(lb.tokenizer, texts, int(router.max_length), router.truncation)
+    out = np.zeros((len(texts), lb.hidden_size), dtype=np.float32)
+    same = [i for i in range(len(texts)) if ids[i] == cache.ids[i]]
+    other = [i for i in range(len(texts)) if ids[i] != cache.ids[i]]
+    with torch.inference_mode():
+        for idx in length_batches(cache.lengths[same].tolist(), batch_size):
+            rows = [same[k] for k in idx]
+            h, m = cache.batch(rows)
+            out[rows] = mean_pool(h, m).numpy()
+        for idx in length_batches([len(ids[i]) for i in other], batch_size):
+            rows = [other[k] for k in idx]
+            x, m = pad([ids[i] for i in rows], lb.tokenizer.pad_token_id or 0)
+            out[rows] = mean_pool(trunk_forward(lb.model, x, m, cache.split), m).float().numpy()
+    return out
 
 
 def zero_adapter(peft_model: Any) -> None:
@@ -526,11 +555,13 @@ def zero_adapter(peft_model: Any) -> None:
 
 
 def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSettings, *, probe: bool = True,
-               peft_model: Any = None, init: Any = None, progress: bool = True) -> TrainedTask:
+               peft_model: Any = None, init: Any = None, progress: bool = True, router: Any = None) -> TrainedTask:
     """Cache the trunk once, fit the probe and the adapter on it, and keep the better on validation.
 
     ``peft_model``: an existing PEFT model to keep training (seq-lora); else a fresh adapter on
     ``lb.model`` (the caller unloads it). ``init(peft_model)`` runs before training (``--init-from``).
+    ``router``: a :class:`adaptreg.compose.router.Router` whose features of the training split are
+    taken from the trunk cache when it reads the trunk's output (``TrainedTask.router_features``).
     """
     import numpy as np
     import torch
@@ -582,12 +613,17 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
             model.head = probe_head(clf, td.n_labels)
         reports["chosen"] = reports[chosen]
         bpe = float(np.mean([c.bytes_per_example for c in caches.values()]))
+        router_x = None
+        if router is not None:
+            t = time.perf_counter()
+            router_x = router_features_from_cache(lb, caches["train"], td.train.texts, router, train.eval_batch_size)
+            seconds["router_features"] = time.perf_counter() - t
     finally:
         for c in caches.values():
             c.close()
     return TrainedTask(model=model, chosen=chosen, max_length=max_length, truncation=train.truncation, split=split,
                        fit_info=fit_info, reports=reports, val_loss=val_loss, probe=clf, probe_C=probe_c,
-                       cache_bytes_per_example=bpe, seconds=seconds, paired=paired)
+                       cache_bytes_per_example=bpe, seconds=seconds, paired=paired, router_features=router_x)
 
 
 def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[str, Any]:
@@ -662,7 +698,13 @@ def onboard(
     logger.info("training %s rank %d on %d examples", lora.kind, lora.rank, len(td.train))
     trained = None
     try:
-        trained = train_task(lb, td, lora, train, probe=probe, init=init if init_from else None, progress=progress)
+        routing = None
+        if route and reg is not None and register:
+            from .compose.router import Router, load_router
+
+            routing = load_router(reg) or Router()
+        trained = train_task(lb, td, lora, train, probe=probe, init=init if init_from else None, progress=progress,
+                             router=routing)
         model = trained.model
         trainable = sum(p.numel() for p in model.parameters())
         manifest = _manifest(task, td, lb, lora, train, trained, trainable, parent or None)
@@ -679,7 +721,12 @@ def onboard(
         from .compose.router import add_task_to_registry_router
 
         logger.info("adding %r to the task router", task)
-        _, router_rec = add_task_to_registry_router(reg, task, lb, data=td)
+        def featurizer(r: Any) -> Any:
+            same = routing is not None and (r.max_length, r.feature_layers, r.truncation) == \
+                (routing.max_length, routing.feature_layers, routing.truncation)
+            return (trained.router_features, list(td.train.y)) if same and trained.router_features is not None else None
+
+        _, router_rec = add_task_to_registry_router(reg, task, lb, data=td, featurizer=featurizer)
         result.extra["router_version"] = router_rec.get("version")
     result.extra["probe"] = trained.probe
     return result

@@ -24,11 +24,13 @@ import time
 from _report import emit
 
 CONFIGS = {
-    "A": {"adapted_layers": 2, "lr": 1e-3, "head_init": "random"},
+    "A": {"adapted_layers": 2, "lr": 1e-3, "head_init": "random"},  # schedule: constant unless given
     "B": {"adapted_layers": 2, "lr": 2e-3, "head_init": "random"},
     "C": {"adapted_layers": 3, "lr": 1e-3, "head_init": "random"},
     "D": {"adapted_layers": 6, "lr": 1e-3, "head_init": "random"},
     "E": {"adapted_layers": 2, "lr": 1e-3, "head_init": "probe"},
+    "F": {"adapted_layers": 2, "lr": 1e-3, "head_init": "random", "schedule": "cosine"},
+    "G": {"adapted_layers": 2, "lr": 2e-3, "head_init": "random", "schedule": "cosine"},
 }
 
 
@@ -100,7 +102,7 @@ def main() -> None:
         for key in args.configs.split(","):
             cfg = CONFIGS[key]
             train = TrainSettings(epochs=args.epochs, patience=0, lr=cfg["lr"], adapted_layers=cfg["adapted_layers"],
-                                  head_init=cfg["head_init"], max_length=ml)
+                                  head_init=cfg["head_init"], max_length=ml, schedule=cfg.get("schedule", "constant"))
             split = split_point(lb.model, train.adapted_layers)
             t0 = time.perf_counter()
             caches = {s: TrunkCache(lb.model, lb.tokenizer, t, ml, split, train.truncation) for s, t in

@@ -1,8 +1,11 @@
 """How the router's defaults were chosen: layers and threshold, on validation data only.
 
 usage: python benchmarks/select_router.py --registry DIR [--base minilm] [--extra 600] [--json out.json]
+       python benchmarks/select_router.py --tasks bbc-news,spam,movie-reviews,tweet-sentiment --cap 300
+              [--max-length 128 --truncation head+tail] [--layer-sets trunk]
 
-For the tasks the registry's latest router routes, with data rebuilt from each manifest:
+For the tasks the registry's latest router routes, with data rebuilt from each manifest (or the
+catalog tasks ``--tasks`` capped at ``--cap`` per class, loaded as onboarding loads them):
   * held-out rows that are never test rows: each task's validation split; "extra" rows, which are
     catalog *training* rows the task never used (its ``NAME@N`` cap left them out; none for a task
     trained on its whole catalog split); and 5-fold cross-fitting of each task's training split;
@@ -20,13 +23,21 @@ import random
 import sys
 
 LAYER_SETS = ((-1,), (-2,), (-3,), (-4,), (-2, -1), (-4, -2), (-4, -3, -2), (-6, -5, -4, -3, -2, -1))
+# Hidden states inside the default trunk (MiniLM, 2 adapted layers: hidden states 0..4 = -7..-3), so
+# that routing reads the trunk pass prediction runs anyway; the two-layer sets above for reference.
+TRUNK_SETS = ((-3,), (-4,), (-4, -3), (-5, -3), (-5, -4, -3), (-6, -5, -4, -3), (-4, -2), (-2,))
 
 from _report import emit
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--registry", required=True)
+    ap.add_argument("--registry", default=None)
+    ap.add_argument("--tasks", default=None, help="catalog tasks instead of a registry's router tasks")
+    ap.add_argument("--cap", type=int, default=300, help="with --tasks: examples per class, as `onboard --max-per-class`")
+    ap.add_argument("--max-length", type=int, default=None, help="routing tokens (default: the router default)")
+    ap.add_argument("--truncation", default=None, help="head or head+tail (default: the router default)")
+    ap.add_argument("--layer-sets", default="all", choices=("all", "trunk"))
     ap.add_argument("--base", default="minilm")
     ap.add_argument("--extra", type=int, default=600, help="extra held-out rows per task (catalog train rows unused)")
     ap.add_argument("--thresholds", default="0.8,0.9,1.0,1.1,1.2,1.5")
@@ -44,18 +55,29 @@ def main() -> None:
     from adaptreg.errors import CatalogError
     from adaptreg.registry import Registry
 
-    reg = Registry(args.registry)
+    from adaptreg.data.tasks import load_task
+
+    if (args.registry is None) == (args.tasks is None):
+        ap.error("give --registry DIR or --tasks T1,T2,..")
     base = load_base(args.base)
-    tasks = load_router(reg).tasks_
+    if args.tasks:
+        tasks = args.tasks.split(",")
+        task_data = {t: (load_task(t, max_per_class=args.cap), t) for t in tasks}
+    else:
+        reg = Registry(args.registry)
+        tasks = load_router(reg).tasks_
+        task_data = {}
+        for t in tasks:
+            manifest = json.loads(open(f"{reg.lookup(t)['path']}/manifest.json", encoding="utf-8").read())
+            task_data[t] = (load_task_from_manifest(manifest), str(manifest["data"]["source"]).split("@")[0])
     depth = int(base.model.config.num_hidden_layers) + 1
-    every = Router(layers=tuple(range(-depth, 0)))  # all hidden states at once; blocks sliced below
+    knobs = {k: v for k, v in (("max_length", args.max_length), ("truncation", args.truncation)) if v is not None}
+    every = Router(layers=tuple(range(-depth, 0)), **knobs)  # all hidden states at once; blocks sliced below
     feats: dict[str, dict[str, np.ndarray]] = {}
     labels: dict[str, np.ndarray] = {}
     for t in tasks:
-        manifest = json.loads(open(f"{reg.lookup(t)['path']}/manifest.json", encoding="utf-8").read())
-        td = load_task_from_manifest(manifest)
+        td, source = task_data[t]
         used = {_norm(x) for part in (td.train, td.val, td.test) for x in part.texts}
-        source = str(manifest["data"]["source"]).split("@")[0]
         try:
             extra = [r["text"] for r in catalog.load(source)[0] if _norm(r["text"]) not in used]
         except CatalogError:  # trained on a file, not a catalog dataset: no extra rows
@@ -73,7 +95,7 @@ def main() -> None:
         return np.concatenate([x[:, (depth + i) * width:(depth + i + 1) * width] for i in layers], 1)
 
     def router_for(layers, drop=None, keep=None):
-        r = Router(layers=layers)
+        r = Router(layers=layers, **knobs)
         for t in tasks:
             x, y = pick(feats[t]["train"], layers), labels[t]
             if t == drop:
@@ -82,7 +104,7 @@ def main() -> None:
         return r
 
     selection = []
-    for layers in LAYER_SETS:
+    for layers in (TRUNK_SETS if args.layer_sets == "trunk" else LAYER_SETS):
         if -min(layers) > depth:
             continue
         r = router_for(layers)
@@ -108,7 +130,7 @@ def main() -> None:
         selection.append(row)
         print(json.dumps(row), file=sys.stderr)
 
-    default = Router()
+    default = Router(**knobs)
     r = router_for(default.feature_layers)
     tradeoff = []
     for thr in [float(v) for v in args.thresholds.split(",")]:
@@ -119,7 +141,8 @@ def main() -> None:
         for k, x in ood_all.items():
             row[f"ood_{k}"] = sum(v == UNKNOWN for v in r.route(pick(x, default.feature_layers), thr)[0]) / len(x)
         tradeoff.append(row)
-    out = {"tasks": tasks, "layer_selection": selection, "default_layers": list(default.feature_layers),
+    out = {"tasks": tasks, "routing": {"max_length": every.max_length, "truncation": every.truncation},
+           "layer_selection": selection, "default_layers": list(default.feature_layers),
            "threshold_tradeoff": tradeoff}
     emit(out, args.json)
 

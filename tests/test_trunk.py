@@ -132,3 +132,18 @@ def test_non_finite_settings_are_refused():
         TrainSettings(lr=float("inf"))
     with pytest.raises(ConfigError, match="alpha == nan"):
         LoraSettings(alpha=float("nan"))
+
+
+def test_router_features_from_the_trunk_cache_match_the_routers_own(base):
+    from adaptreg.compose.router import Router
+    from adaptreg.train import router_features_from_cache
+
+    texts = TEXTS + ["sport " * 50 + "economy"]  # one text the router truncates differently from the cache
+    split = 2
+    cache = TrunkCache(base.model, base.tokenizer, texts, 16, split, "head")
+    depth = base.model.config.num_hidden_layers + 1
+    r = Router(layers=(split - depth,), max_length=24, truncation="head+tail")
+    got = router_features_from_cache(base, cache, texts, r, 8)
+    want = r.features(base, texts)
+    assert got is not None and np.allclose(got, want, atol=2e-2)
+    assert router_features_from_cache(base, cache, texts, Router(layers=(-1,)), 8) is None  # not the trunk's output

@@ -57,7 +57,11 @@ def _oas(cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
 
 
 DEFAULT_THRESHOLD = 1.0
-DEFAULT_LAYERS = (-4, -2)
+# The trunk's output with the default 2 adapted layers (hidden state -3 = output of layer n-2), at
+# the onboarding length cap with head+tail truncation: routing reads the trunk pass prediction runs
+# anyway, and onboarding's trunk cache. Chosen on validation rows (docs/composition.md).
+DEFAULT_LAYERS = (-3,)
+DEFAULT_MAX_LENGTH = 128
 
 
 def _layers(layers: Any) -> tuple[int, ...]:
@@ -86,13 +90,17 @@ class Router:
         Which frozen-base hidden states the routing features pool (-1 = last layer, -2 = the one
         before); features are the layers' pooled states side by side, one block each, and the
         distance is the sum of the blocks' Mahalanobis distances (a block-diagonal covariance).
-        Default (-4, -2), chosen on validation data (docs/composition.md).
+        Default (-3,): the trunk output of a base with 2 adapted layers, chosen on validation data
+        (docs/composition.md).
     folds : int
         Cross-fitting folds that calibrate a new task's held-out distances when it is added.
+    truncation : "head" or "head+tail"
+        How texts longer than ``max_length`` are cut (:func:`adaptreg.trunk.tokenize`).
     """
 
     def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
-                 normalize: bool = True, max_length: int = 64, layers: Any = DEFAULT_LAYERS, folds: int = 5):
+                 normalize: bool = True, max_length: int = DEFAULT_MAX_LENGTH, layers: Any = DEFAULT_LAYERS, folds: int = 5,
+                 truncation: str = "head+tail"):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
@@ -100,12 +108,13 @@ class Router:
         self.max_length = max_length
         self.layers = layers
         self.folds = folds
+        self.truncation = truncation
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
                 "normalize": self.normalize, "max_length": self.max_length,
-                "layers": list(self.feature_layers), "folds": self.folds}
+                "layers": list(self.feature_layers), "folds": self.folds, "truncation": self.truncation}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -118,6 +127,8 @@ class Router:
             raise ConfigError(f"max_length == {self.max_length}, must be >= 8")
         if not self.feature_layers:
             raise ConfigError("layers is empty; give at least one hidden-state index, e.g. (-2,)")
+        if self.truncation not in ("head", "head+tail"):
+            raise ConfigError(f"truncation {self.truncation!r} is unknown: use head or head+tail")
         if int(self.folds) < 2:
             raise ConfigError(f"folds == {self.folds}, must be >= 2")
 
@@ -130,7 +141,8 @@ class Router:
         """Frozen-base routing features of ``texts``, at this router's ``max_length`` and ``layers``."""
         from ..base import encode
 
-        return encode(base, list(texts), int(self.max_length), batch_size, layer=self.feature_layers)
+        return encode(base, list(texts), int(self.max_length), batch_size, layer=self.feature_layers,
+                      truncation=self.truncation)
 
     # ------------------------------------------------------------------ learning
     def fit(self, features_by_task: dict[str, Any], labels_by_task: dict[str, Any] | None = None) -> "Router":
@@ -395,8 +407,9 @@ class Router:
                                  f"schema {ROUTER_SCHEMA}; rebuild it with `adaptreg route add TASK... --rebuild`")
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
-        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds"}
-        router = cls(**{k: v for k, v in meta["params"].items() if k in known})
+        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds", "truncation"}
+        # routers saved before `truncation` existed read the head of each text
+        router = cls(**{"truncation": "head", **{k: v for k, v in meta["params"].items() if k in known}})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
         router.class_tasks_ = list(meta["class_tasks"])
@@ -504,6 +517,18 @@ def router_versions(registry: Any) -> list[dict[str, Any]]:
     reg = _registry(registry)
     if reg.location.db_path is not None and not reg.location.db_path.is_file():
         return []
+    fast = getattr(reg, "_fast_reader", None)
+    if fast is not None:  # a local SQLite registry: read MLflow's tables directly (no `import mlflow`)
+        from .._registry_fast import SchemaMismatch
+
+        try:
+            raws = fast.model_versions(ROUTER_MODEL)
+        except SchemaMismatch:
+            raws = None
+        if raws is not None:
+            return [{"version": r["version"], "run_id": r["run_id"], "source": r["source"],
+                     "tasks": [t for t in r["tags"].get("adaptreg.tasks", "").split(",") if t],
+                     "created_ms": r["created_ms"]} for r in raws if r["tags"].get(_STATUS_TAG) == "ready"]
     client = reg.client
     out, token = [], None
     while True:
@@ -569,7 +594,7 @@ def task_features(registry: Any, task: str, base: Any, router: Router, split: st
 
 
 def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: Any = None,
-                                router: Router | None = None) -> tuple[Router, dict[str, Any]]:
+                                router: Router | None = None, featurizer: Any = None) -> tuple[Router, dict[str, Any]]:
     """Add ``task`` (its training split, from the manifest's data source) to the latest router and
     register the result as a new router version. A fresh ``Router()`` when none exists yet.
 
@@ -578,11 +603,19 @@ def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: An
     version and lose each other's task. The features are computed before taking the lock.
     """
     reg = _registry(registry)
+
+    def featurize(r: Router) -> tuple[Any, list[int]]:
+        got = featurizer(r) if featurizer is not None else None
+        return got if got is not None else task_features(reg, task, base, r, "train", data=data)
+
+    def key(r: Router) -> tuple:
+        return r.max_length, r.feature_layers, r.truncation
+
     first = router if router is not None else (load_router(reg) or Router())
-    x, y = task_features(reg, task, base, first, "train", data=data)
+    x, y = featurize(first)
     with reg.locked():
         current = router if router is not None else (load_router(reg) or Router())
-        if (current.max_length, current.feature_layers) != (first.max_length, first.feature_layers):
-            x, y = task_features(reg, task, base, current, "train", data=data)  # rebuilt meanwhile
+        if key(current) != key(first):
+            x, y = featurize(current)  # rebuilt meanwhile
         current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
         return current, register_router(reg, current)
