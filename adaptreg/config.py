@@ -56,14 +56,16 @@ class TrainSettings:
     batch_size: int = field(default=16, metadata={"help": "Examples per step."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (adapter and head)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine decay after warm-up."})
+    schedule: str = field(default="cosine", metadata={"help": "constant, linear or cosine decay after warm-up."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps with linear warm-up."})
     max_length: int = field(default=0, metadata={"help": "Tokens per text; 0 = the 90th percentile of the task's training texts, at most --length-cap."})
     length_cap: int = field(default=128, metadata={"help": "With --max-length 0: the most tokens a text may get."})
-    truncation: str = field(default="head+tail", metadata={"help": "Over-long texts: keep the head, or the head and the tail (head+tail)."})
+    truncation: str = field(default="head", metadata={"help": "Over-long texts: keep the head, or the head and the tail (head+tail)."})
     adapted_layers: int = field(default=2, metadata={"help": "LoRA sits on the top N layers; the layers below are a frozen trunk computed once per text (0 = every layer)."})
     head_init: str = field(default="random", metadata={"help": "Task head start: random, or the linear probe's weights (probe)."})
     select: str = field(default="best", metadata={"help": "best: register the better of adapter and linear probe on validation; adapter: always the adapter."})
+    cv_below: int = field(default=100, metadata={"help": "With a validation split smaller than this, adapter and probe are compared by cross-validation over train + val instead."})
+    cv_folds: int = field(default=3, metadata={"help": "Folds of that cross-validation."})
     select_z: float = field(default=1.0, metadata={"help": "The adapter replaces the probe only if it wins on validation by z standard errors of the paired difference (and by one row)."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
     patience: int = field(default=4, metadata={"help": "Early stopping: epochs without validation gain before stopping (0 = off)."})
@@ -78,7 +80,8 @@ class TrainSettings:
             ("target_steps", self.target_steps >= 1, ">= 1"), ("min_epochs", self.min_epochs >= 1, ">= 1"),
             ("max_epochs", self.max_epochs >= self.min_epochs, ">= min_epochs"),
             ("length_cap", self.length_cap >= 8, ">= 8"), ("adapted_layers", self.adapted_layers >= 0, ">= 0"),
-            ("select_z", self.select_z >= 0, ">= 0"), ("cache_ram_mb", self.cache_ram_mb >= 0, ">= 0"),
+            ("select_z", self.select_z >= 0, ">= 0"), ("cv_below", self.cv_below >= 0, ">= 0"),
+            ("cv_folds", self.cv_folds >= 2, ">= 2"), ("cache_ram_mb", self.cache_ram_mb >= 0, ">= 0"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"), ("max_length", self.max_length == 0 or self.max_length >= 8, "0 (automatic) or >= 8"),
             ("grad_clip", self.grad_clip >= 0, ">= 0"), ("patience", self.patience >= 0, ">= 0"),

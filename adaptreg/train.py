@@ -517,21 +517,22 @@ def resolve_length(lb: LoadedBase, td: TaskData, train: TrainSettings) -> int:
 
 
 def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], router: Any, batch_size: int) -> Any:
-    """The router's features of ``texts`` from their trunk cache, or None when the router reads
-    layers other than the trunk's output. Rows the router tokenizes differently (another length or
-    truncation, on a text long enough for it to matter) get their trunk recomputed."""
+    """The router's features of ``texts``: pooled from their trunk cache when the router reads the
+    trunk's output and tokenizes a row the same way; the other rows run the frozen layers only up
+    to the deepest layer the router reads (no full forward)."""
     import numpy as np
     import torch
 
-    from .trunk import length_batches, num_layers, pad, tokenize, trunk_forward
+    from .trunk import _run_layers, _stack, length_batches, num_layers, pad, tokenize
 
     depth = num_layers(lb.model) + 1
-    if [i % depth for i in router.feature_layers] != [cache.split]:
-        return None
+    layers = [i % depth for i in router.feature_layers]
     ids = tokenize(lb.tokenizer, texts, int(router.max_length), router.truncation)
-    out = np.zeros((len(texts), lb.hidden_size), dtype=np.float32)
-    same = [i for i in range(len(texts)) if ids[i] == cache.ids[i]]
-    other = [i for i in range(len(texts)) if ids[i] != cache.ids[i]]
+    out = np.zeros((len(texts), lb.hidden_size * len(layers)), dtype=np.float32)
+    from_cache = layers == [cache.split]
+    same = [i for i in range(len(texts)) if from_cache and ids[i] == cache.ids[i]]
+    other = [i for i in range(len(texts)) if not (from_cache and ids[i] == cache.ids[i])]
+    emb, stack = _stack(lb.model)
     with torch.inference_mode():
         for idx in length_batches(cache.lengths[same].tolist(), batch_size):
             rows = [same[k] for k in idx]
@@ -540,7 +541,12 @@ def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], rou
         for idx in length_batches([len(ids[i]) for i in other], batch_size):
             rows = [other[k] for k in idx]
             x, m = pad([ids[i] for i in rows], lb.tokenizer.pad_token_id or 0)
-            out[rows] = mean_pool(trunk_forward(lb.model, x, m, cache.split), m).float().numpy()
+            h = emb(input_ids=x)
+            seen = {0: h}
+            for i in range(max(layers)):
+                h = _run_layers(lb.model, h, m, [stack[i]])
+                seen[i + 1] = h
+            out[rows] = torch.cat([mean_pool(seen[i], m).float() for i in layers], -1).numpy()
     return out
 
 
@@ -605,7 +611,16 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
         val_loss["adapter"] = log_loss(za["val"], ys["val"])
         chosen, paired = "adapter", None
         if clf is not None:
-            paired = paired_margin(za["val"].argmax(1), zp["val"].argmax(1), ys["val"], train.select_z)
+            if train.select == "best" and len(td.val) < train.cv_below and train.cv_folds >= 2:
+                t = time.perf_counter()
+                a_pred, p_pred, y_all = cross_validated_predictions(lb, td, lora, train, caches, feats, probe_c,
+                                                                    fit_info["best_epoch"] or 1, split)
+                paired = paired_margin(a_pred, p_pred, y_all, train.select_z)
+                paired["on"] = f"{train.cv_folds}-fold cross-validation over train + val ({len(y_all)} rows)"
+                seconds["cross_validation"] = time.perf_counter() - t
+            else:
+                paired = paired_margin(za["val"].argmax(1), zp["val"].argmax(1), ys["val"], train.select_z)
+                paired["on"] = f"validation ({len(ys['val'])} rows)"
             if train.select == "best" and not paired["adapter_wins"]:
                 chosen = "probe"
         if chosen == "probe":
@@ -624,6 +639,52 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
     return TrainedTask(model=model, chosen=chosen, max_length=max_length, truncation=train.truncation, split=split,
                        fit_info=fit_info, reports=reports, val_loss=val_loss, probe=clf, probe_C=probe_c,
                        cache_bytes_per_example=bpe, seconds=seconds, paired=paired, router_features=router_x)
+
+
+def cross_validated_predictions(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSettings,
+                                caches: dict[str, Any], feats: dict[str, Any], probe_c: float, epochs: int,
+                                split: int) -> tuple[Any, Any, Any]:
+    """Out-of-fold predictions of both candidates over train + val, for a validation split too small
+    to tell them apart. Each fold trains a fresh adapter with the same recipe for ``epochs`` epochs
+    (the main run's best) and a probe with the main probe's C on the other folds; the fold models
+    are thrown away (the registered adapter is the main run's)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .data.tasks import Split
+    from .trunk import CacheView
+
+    rows = [(caches["train"], i) for i in range(len(td.train))] + [(caches["val"], i) for i in range(len(td.val))]
+    y = np.asarray(list(td.train.y) + list(td.val.y))
+    x = np.concatenate([feats["train"], feats["val"]])
+    n_splits = int(min(train.cv_folds, np.bincount(y).min()))
+    if n_splits < 2:
+        raise ConfigError("a class has a single example in train + val: cannot cross-validate; pass --select adapter")
+    a_pred, p_pred = np.zeros(len(y), dtype=int), np.zeros(len(y), dtype=int)
+    fold_settings = TrainSettings(**{**train.to_dict(), "epochs": int(epochs), "patience": 0})
+    for k, (tr, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=train.seed).split(x, y)):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe_c, max_iter=3000, random_state=train.seed))
+        clf.fit(x[tr], y[tr])
+        p_pred[te] = clf.predict(x[te])
+        seed_everything(train.seed + 1 + k)
+        peft_model = build_peft_model(lb.model, lb.model_type, lora, split=split)
+        try:
+            import torch
+
+            model = TaskModel(peft_model, torch.nn.Linear(lb.hidden_size, td.n_labels), split)
+            fold = TaskData(labels=td.labels, train=Split([""] * len(tr), y[tr].tolist()),
+                            val=Split([""] * len(te), y[te].tolist()), test=Split([], []), source="fold", fingerprint="")
+            views = {"train": CacheView([rows[i] for i in tr]), "val": CacheView([rows[i] for i in te])}
+            fit(model, lb.tokenizer, fold, fold_settings, progress=False, caches=views)
+            a_pred[te] = cache_logits(model, views["val"], train.eval_batch_size).argmax(1)
+        finally:
+            peft_model.unload()
+            for p in lb.model.parameters():
+                p.requires_grad_(False)
+    return a_pred, p_pred, y
 
 
 def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[str, Any]:

@@ -235,3 +235,29 @@ class TrunkCache:
             self.close()
         except Exception:
             pass
+
+
+class CacheView:
+    """Rows of one or more trunk caches seen as one cache (``rows``: ``(cache, index)`` pairs):
+    the cross-validation folds of onboarding's probe-versus-adapter decision."""
+
+    def __init__(self, rows: Sequence[tuple[TrunkCache, int]]):
+        self.rows = list(rows)
+        self.split = self.rows[0][0].split if self.rows else 0
+        self.lengths = np.asarray([c.lengths[i] for c, i in self.rows], dtype=np.int64)
+        self.ids = [c.ids[i] for c, i in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: Sequence[int]) -> tuple[Any, Any]:
+        import torch
+
+        parts = [self.rows[i][0].batch([self.rows[i][1]]) for i in idx]
+        width = max(int(m.shape[1]) for _, m in parts)
+        h = torch.zeros((len(idx), width, parts[0][0].shape[2]))
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, (hh, mm) in enumerate(parts):
+            h[r, : hh.shape[1]] = hh[0]
+            mask[r, : mm.shape[1]] = mm[0]
+        return h, mask
