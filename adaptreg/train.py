@@ -331,7 +331,8 @@ def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
 
 
 def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSettings, progress: bool = True,
-        caches: dict[str, Any] | None = None, on_epoch: Any = None) -> dict[str, Any]:
+        caches: dict[str, Any] | None = None, on_epoch: Any = None, keep_best: bool = True,
+        validate: bool = True) -> dict[str, Any]:
     """Train adapter + head with AdamW; evaluate on validation after every epoch and keep the best
     checkpoint (validation accuracy, ties broken by validation loss).
 
@@ -339,6 +340,8 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
     (:meth:`TaskModel.from_trunk`); without, each batch runs the whole base from ``tokenizer``
     (images: ``tokenizer`` is the batcher). ``on_epoch(epoch, model, record)`` is called after
     each epoch's validation (model in eval mode), e.g. to log extra held-out figures.
+    ``keep_best=False`` keeps the last epoch's weights (no choice made on the validation rows);
+    ``validate=False`` skips the per-epoch validation pass altogether (and with it early stopping).
     """
     import numpy as np
     import torch
@@ -410,6 +413,9 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{run_loss / n:.4f}", ex_s=f"{seen / (time.perf_counter() - t0):.1f}")
             bar.close()
+            if not validate:
+                history.append({"epoch": epoch, "train_loss": run_loss / max(1, n), "lr": sched.get_last_lr()[0]})
+                continue
             z = val_logits()
             acc = float((z.argmax(1) == np.asarray(data.val.y)).mean())
             vloss = log_loss(z, data.val.y)
@@ -420,7 +426,7 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
                 on_epoch(epoch, model, history[-1])
             if _better((acc, vloss), best_key):
                 best_key, best_epoch, stale = (acc, vloss), epoch, 0
-                best_state = _trainable_state(model)
+                best_state = _trainable_state(model) if keep_best else None
             else:
                 stale += 1
                 if settings.patience and stale >= settings.patience:
@@ -430,7 +436,7 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
         if fgm is not None:
             fgm.close()
     seconds = time.perf_counter() - t0
-    if best_state is not None:
+    if best_state is not None and keep_best:
         _load_trainable_state(model, best_state)
     return {"history": history, "best_epoch": best_epoch, "epochs_run": len(history), "epochs_planned": epochs,
             "train_seconds": seconds, "train_examples_per_s": seen / seconds if seconds > 0 else None,
@@ -529,11 +535,15 @@ def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], rou
     layers = [i % depth for i in router.feature_layers]
     ids = tokenize(lb.tokenizer, texts, int(router.max_length), router.truncation)
     out = np.zeros((len(texts), lb.hidden_size * len(layers)), dtype=np.float32)
-    from_cache = layers == [cache.split]
+    pooled = getattr(cache, "pooled", {})
+    from_cache = layers == [cache.split] or all(i in pooled for i in layers)
     same = [i for i in range(len(texts)) if from_cache and ids[i] == cache.ids[i]]
     other = [i for i in range(len(texts)) if not (from_cache and ids[i] == cache.ids[i])]
     emb, stack = _stack(lb.model)
     with torch.inference_mode():
+        if same and all(i in pooled for i in layers):  # pooled during the cache's own pass
+            out[same] = np.concatenate([pooled[i][same] for i in layers], 1)
+            same = []
         for idx in length_batches(cache.lengths[same].tolist(), batch_size):
             rows = [same[k] for k in idx]
             h, m = cache.batch(rows)
@@ -572,14 +582,17 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
     import numpy as np
     import torch
 
-    from .trunk import TrunkCache, split_point
+    from .trunk import TrunkCache, num_layers, split_point
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     max_length = resolve_length(lb, td, train)
     split = split_point(lb.model, train.adapted_layers)
+    depth = num_layers(lb.model) + 1
+    router_pool = sorted({i % depth for i in router.feature_layers}) if router is not None else []
+    pool = router_pool if all(i <= split for i in router_pool) else []
     caches = {s: TrunkCache(lb.model, lb.tokenizer, getattr(td, s).texts, max_length, split, train.truncation,
-                            train.eval_batch_size, int(train.cache_ram_mb) * 1024 ** 2)
+                            train.eval_batch_size, int(train.cache_ram_mb) * 1024 ** 2, pool=pool if s == "train" else ())
               for s in ("train", "val", "test")}
     seconds["trunk_cache"] = time.perf_counter() - t
     ys = {s: getattr(td, s).y for s in ("train", "val", "test")}
@@ -604,6 +617,7 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
         head = probe_head(clf, td.n_labels) if (train.head_init == "probe" and clf is not None) \
             else torch.nn.Linear(lb.hidden_size, td.n_labels)
         model = TaskModel(peft_model, head, split)
+        init_state = _trainable_state(model)  # the folds of the cross-validated decision restart here
         fit_info = fit(model, lb.tokenizer, td, train, progress=progress, caches=caches)
         seconds["train"] = fit_info["train_seconds"]
         za = {s: cache_logits(model, caches[s], train.eval_batch_size) for s in ("val", "test")}
@@ -613,8 +627,8 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
         if clf is not None:
             if train.select == "best" and len(td.val) < train.cv_below and train.cv_folds >= 2:
                 t = time.perf_counter()
-                a_pred, p_pred, y_all = cross_validated_predictions(lb, td, lora, train, caches, feats, probe_c,
-                                                                    fit_info["best_epoch"] or 1, split)
+                a_pred, p_pred, y_all = cross_validated_predictions(model, init_state, td, train, caches, feats, probe_c,
+                                                                    fit_info["best_epoch"] or 1)
                 paired = paired_margin(a_pred, p_pred, y_all, train.select_z)
                 paired["on"] = f"{train.cv_folds}-fold cross-validation over train + val ({len(y_all)} rows)"
                 seconds["cross_validation"] = time.perf_counter() - t
@@ -641,13 +655,14 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
                        cache_bytes_per_example=bpe, seconds=seconds, paired=paired, router_features=router_x)
 
 
-def cross_validated_predictions(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSettings,
-                                caches: dict[str, Any], feats: dict[str, Any], probe_c: float, epochs: int,
-                                split: int) -> tuple[Any, Any, Any]:
+def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td: TaskData, train: TrainSettings,
+                                caches: dict[str, Any], feats: dict[str, Any], probe_c: float,
+                                epochs: int) -> tuple[Any, Any, Any]:
     """Out-of-fold predictions of both candidates over train + val, for a validation split too small
-    to tell them apart. Each fold trains a fresh adapter with the same recipe for ``epochs`` epochs
-    (the main run's best) and a probe with the main probe's C on the other folds; the fold models
-    are thrown away (the registered adapter is the main run's)."""
+    to tell them apart. Each fold restarts ``model``'s adapter and head from ``init_state`` (the
+    main run's starting point) and trains them with the same recipe for ``epochs`` epochs (the main
+    run's best) on the other folds; a probe with the main probe's C is fitted alike. The main run's
+    trained weights are put back afterwards: the fold models only inform the choice."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -665,25 +680,21 @@ def cross_validated_predictions(lb: LoadedBase, td: TaskData, lora: LoraSettings
         raise ConfigError("a class has a single example in train + val: cannot cross-validate; pass --select adapter")
     a_pred, p_pred = np.zeros(len(y), dtype=int), np.zeros(len(y), dtype=int)
     fold_settings = TrainSettings(**{**train.to_dict(), "epochs": int(epochs), "patience": 0})
-    for k, (tr, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=train.seed).split(x, y)):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe_c, max_iter=3000, random_state=train.seed))
-        clf.fit(x[tr], y[tr])
-        p_pred[te] = clf.predict(x[te])
-        seed_everything(train.seed + 1 + k)
-        peft_model = build_peft_model(lb.model, lb.model_type, lora, split=split)
-        try:
-            import torch
-
-            model = TaskModel(peft_model, torch.nn.Linear(lb.hidden_size, td.n_labels), split)
+    trained_state = _trainable_state(model)
+    try:
+        for k, (tr, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=train.seed).split(x, y)):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe_c, max_iter=3000, random_state=train.seed))
+            clf.fit(x[tr], y[tr])
+            p_pred[te] = clf.predict(x[te])
+            _load_trainable_state(model, init_state)
             fold = TaskData(labels=td.labels, train=Split([""] * len(tr), y[tr].tolist()),
                             val=Split([""] * len(te), y[te].tolist()), test=Split([], []), source="fold", fingerprint="")
             views = {"train": CacheView([rows[i] for i in tr]), "val": CacheView([rows[i] for i in te])}
-            fit(model, lb.tokenizer, fold, fold_settings, progress=False, caches=views)
+            fit(model, None, fold, TrainSettings(**{**fold_settings.to_dict(), "seed": train.seed + 1 + k}),
+                progress=False, caches=views, keep_best=False, validate=False)
             a_pred[te] = cache_logits(model, views["val"], train.eval_batch_size).argmax(1)
-        finally:
-            peft_model.unload()
-            for p in lb.model.parameters():
-                p.requires_grad_(False)
+    finally:
+        _load_trainable_state(model, trained_state)
     return a_pred, p_pred, y
 
 

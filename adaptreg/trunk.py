@@ -170,12 +170,14 @@ class TrunkCache:
 
     Rows are stored back to back without padding: ``bytes_per_example = tokens x hidden x 2``
     (MiniLM, 128 tokens: at most 98,304 bytes). Above ``ram_budget`` bytes the store is a
-    ``numpy.memmap`` in a temporary file (deleted with the cache).
+    ``numpy.memmap`` in a temporary file (deleted with the cache). ``pool``: hidden-state indices
+    (at most ``split``) whose mean-pooled states are kept too (``pooled[i]``, float32 [n, hidden]):
+    the router's features come out of the same pass.
     """
 
     def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, split: int,
                  truncation: str = "head", batch_size: int = 64, ram_budget: int = DEFAULT_RAM_BUDGET,
-                 ids: list[list[int]] | None = None):
+                 ids: list[list[int]] | None = None, pool: Sequence[int] = ()):
         import torch
 
         self.split = split
@@ -194,10 +196,22 @@ class TrunkCache:
         else:
             self.data = np.empty((max(total, 1), hidden), dtype=np.float16)
         pad_id = tokenizer.pad_token_id or 0
+        pool = [int(i) for i in pool]
+        if any(not 0 <= i <= split for i in pool):
+            raise ConfigError(f"pooled hidden states {pool} must lie in the trunk (0..{split})")
+        self.pooled = {i: np.zeros((len(self.ids), hidden), dtype=np.float32) for i in pool}
+        emb, layers = _stack(model)
         with torch.inference_mode():
             for idx in length_batches(self.lengths.tolist(), batch_size):
                 input_ids, mask = pad([self.ids[i] for i in idx], pad_id)
-                h = trunk_forward(model, input_ids, mask, split).to(torch.float16).numpy()
+                h = emb(input_ids=input_ids)
+                for k in range(split + 1):
+                    if k in self.pooled:
+                        m = mask.unsqueeze(-1).to(h.dtype)
+                        self.pooled[k][idx] = ((h * m).sum(1) / m.sum(1).clamp(min=1e-9)).float().numpy()
+                    if k < split:
+                        h = _run_layers(model, h, mask, [layers[k]])
+                h = h.to(torch.float16).numpy()
                 for row, i in enumerate(idx):
                     self.data[self.offsets[i] : self.offsets[i + 1]] = h[row, : self.lengths[i]]
 

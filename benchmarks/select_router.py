@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=300, help="with --tasks: examples per class, as `onboard --max-per-class`")
     ap.add_argument("--max-length", type=int, default=None, help="routing tokens (default: the router default)")
     ap.add_argument("--truncation", default=None, help="head or head+tail (default: the router default)")
-    ap.add_argument("--layer-sets", default="all", choices=("all", "trunk"))
+    ap.add_argument("--layer-sets", default="all", choices=("all", "trunk", "default"),
+                    help="which layer sets to compare (default: only the router's default; then only the threshold table)")
     ap.add_argument("--base", default="minilm")
     ap.add_argument("--extra", type=int, default=600, help="extra held-out rows per task (catalog train rows unused)")
     ap.add_argument("--thresholds", default="0.8,0.9,1.0,1.1,1.2,1.5")
@@ -104,7 +105,8 @@ def main() -> None:
         return r
 
     selection = []
-    for layers in (TRUNK_SETS if args.layer_sets == "trunk" else LAYER_SETS):
+    sets = {"all": LAYER_SETS, "trunk": TRUNK_SETS, "default": (Router().feature_layers,)}[args.layer_sets]
+    for layers in sets:
         if -min(layers) > depth:
             continue
         r = router_for(layers)

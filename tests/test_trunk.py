@@ -146,5 +146,8 @@ def test_router_features_from_the_trunk_cache_match_the_routers_own(base):
     got = router_features_from_cache(base, cache, texts, r, 8)
     want = r.features(base, texts)
     assert got is not None and np.allclose(got, want, atol=2e-2)
+    pooled = TrunkCache(base.model, base.tokenizer, texts, 16, split, "head", pool=[split - 1])
+    inner = Router(layers=(split - 1 - depth,), max_length=24, truncation="head+tail")  # pooled during the cache's pass
+    assert np.allclose(router_features_from_cache(base, pooled, texts, inner, 8), inner.features(base, texts), atol=1e-4)
     other = Router(layers=(-1, split - depth - 1), max_length=24)  # layers the cache does not hold: computed
     assert np.allclose(router_features_from_cache(base, cache, texts, other, 8), other.features(base, texts), atol=1e-4)
