@@ -443,13 +443,12 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
             "val_accuracy": None if best_key is None else best_key[0], "val_loss": None if best_key is None else best_key[1]}
 
 
-class _TrunkFGM:
-    """FGM on the trunk states fed to the branch (the cached path has no embedding forward)."""
+class _TrunkFGM(_FGM):
+    """FGM on the trunk states fed to the branch (the cached path has no embedding forward):
+    :meth:`apply` marks the states for a gradient, then adds the perturbation once it is set."""
 
-    def __init__(self, epsilon: float):
-        self.epsilon = epsilon
-        self.delta = None
-        self.captured = None
+    def __init__(self, epsilon: float):  # no hook: the branch input is passed through apply()
+        self.epsilon, self.delta, self.captured, self.handle = epsilon, None, None, None
 
     def apply(self, hidden: Any) -> Any:
         if self.delta is not None:
@@ -457,18 +456,6 @@ class _TrunkFGM:
         hidden = hidden.clone().requires_grad_(True)
         self.captured = hidden
         return hidden
-
-    def perturb(self) -> bool:
-        g = None if self.captured is None else self.captured.grad
-        self.captured = None
-        if g is None:
-            return False
-        norm = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.dim() - 1)))
-        self.delta = (self.epsilon * g / norm).detach()
-        return True
-
-    def clear(self) -> None:
-        self.delta = None
 
     def close(self) -> None:
         self.delta = None
