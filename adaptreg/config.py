@@ -62,6 +62,7 @@ class TrainSettings:
     length_cap: int = field(default=128, metadata={"help": "With --max-length 0: the most tokens a text may get."})
     truncation: str = field(default="head", metadata={"help": "Over-long texts: keep the head, or the head and the tail (head+tail)."})
     adapted_layers: int = field(default=2, metadata={"help": "LoRA sits on the top N layers; the layers below are a frozen trunk computed once per text (0 = every layer)."})
+    base_dropout: bool = field(default=False, metadata={"help": "Keep the frozen layers' own dropout on while training (off: only the LoRA dropout; 1.6x faster steps on CPU)."})
     head_init: str = field(default="random", metadata={"help": "Task head start: random, or the linear probe's weights (probe)."})
     select: str = field(default="best", metadata={"help": "best: register the better of adapter and linear probe on validation; adapter: always the adapter."})
     cv_below: int = field(default=100, metadata={"help": "With a validation split smaller than this, adapter and probe are compared by cross-validation over train + val instead."})

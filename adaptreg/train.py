@@ -95,17 +95,27 @@ class TaskModel:
     from ``split`` up, on trunk states (:class:`adaptreg.trunk.TrunkCache`).
     """
 
-    def __init__(self, peft_model: Any, head: Any, split: int = 0):
+    def __init__(self, peft_model: Any, head: Any, split: int = 0, base_dropout: bool = True):
         self.peft_model = peft_model
         self.head = head
         self.split = split
+        self.base_dropout = base_dropout
 
     def parameters(self):
         yield from (p for p in self.peft_model.parameters() if p.requires_grad)
         yield from self.head.parameters()
 
     def train(self, mode: bool = True) -> None:
+        """Training mode; with ``base_dropout=False`` the frozen layers keep their eval behaviour
+        (no hidden or attention dropout) and only the LoRA input dropout is active."""
         self.peft_model.train(mode)
+        if mode and not self.base_dropout:
+            from peft.tuners.lora import LoraLayer
+
+            self.peft_model.eval()
+            for module in self.peft_model.modules():
+                if isinstance(module, LoraLayer):
+                    module.lora_dropout.train()
         self.head.train(mode)
 
     def pooled(self, batch: dict) -> Any:
@@ -603,7 +613,7 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
             init(peft_model)
         head = probe_head(clf, td.n_labels) if (train.head_init == "probe" and clf is not None) \
             else torch.nn.Linear(lb.hidden_size, td.n_labels)
-        model = TaskModel(peft_model, head, split)
+        model = TaskModel(peft_model, head, split, base_dropout=train.base_dropout)
         init_state = _trainable_state(model)  # the folds of the cross-validated decision restart here
         fit_info = fit(model, lb.tokenizer, td, train, progress=progress, caches=caches)
         seconds["train"] = fit_info["train_seconds"]

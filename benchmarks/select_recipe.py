@@ -31,6 +31,7 @@ CONFIGS = {
     "E": {"adapted_layers": 2, "lr": 1e-3, "head_init": "probe"},
     "F": {"adapted_layers": 2, "lr": 1e-3, "head_init": "random", "schedule": "cosine"},
     "G": {"adapted_layers": 2, "lr": 2e-3, "head_init": "random", "schedule": "cosine"},
+    "H": {"adapted_layers": 2, "lr": 1e-3, "head_init": "random", "schedule": "cosine", "base_dropout": False},
 }
 
 
@@ -102,7 +103,8 @@ def main() -> None:
         for key in args.configs.split(","):
             cfg = CONFIGS[key]
             train = TrainSettings(epochs=args.epochs, patience=0, lr=cfg["lr"], adapted_layers=cfg["adapted_layers"],
-                                  head_init=cfg["head_init"], max_length=ml, schedule=cfg.get("schedule", "constant"))
+                                  head_init=cfg["head_init"], max_length=ml, schedule=cfg.get("schedule", "constant"),
+                                  base_dropout=cfg.get("base_dropout", True), truncation=cfg.get("truncation", "head+tail"))
             split = split_point(lb.model, train.adapted_layers)
             t0 = time.perf_counter()
             caches = {s: TrunkCache(lb.model, lb.tokenizer, t, ml, split, train.truncation) for s, t in
@@ -115,7 +117,7 @@ def main() -> None:
             seed_everything(0)
             peft_model = build_peft_model(lb.model, lb.model_type, LoraSettings(), split=split)
             head = probe_head(clf, td.n_labels) if cfg["head_init"] == "probe" else torch.nn.Linear(lb.hidden_size, td.n_labels)
-            model = TaskModel(peft_model, head, split)
+            model = TaskModel(peft_model, head, split, base_dropout=train.base_dropout)
             curve = []
 
             def on_epoch(epoch, m, record):
