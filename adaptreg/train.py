@@ -342,7 +342,7 @@ def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
 
 def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSettings, progress: bool = True,
         caches: dict[str, Any] | None = None, on_epoch: Any = None, keep_best: bool = True,
-        validate: bool = True) -> dict[str, Any]:
+        validate: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Train adapter + head with AdamW; evaluate on validation after every epoch and keep the best
     checkpoint (validation accuracy, ties broken by validation loss).
 
@@ -351,7 +351,8 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
     (images: ``tokenizer`` is the batcher). ``on_epoch(epoch, model, record)`` is called after
     each epoch's validation (model in eval mode), e.g. to log extra held-out figures.
     ``keep_best=False`` keeps the last epoch's weights (no choice made on the validation rows);
-    ``validate=False`` skips the per-epoch validation pass altogether (and with it early stopping).
+    ``validate=False`` skips the per-epoch validation pass altogether (and with it early stopping);
+    ``stop_after=k`` ends after epoch k of the planned schedule (the learning rate where it was then).
     """
     import numpy as np
     import torch
@@ -425,6 +426,8 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
             bar.close()
             if not validate:
                 history.append({"epoch": epoch, "train_loss": run_loss / max(1, n), "lr": sched.get_last_lr()[0]})
+                if stop_after is not None and epoch >= stop_after:
+                    break
                 continue
             z = val_logits()
             acc = float((z.argmax(1) == np.asarray(data.val.y)).mean())
@@ -625,7 +628,7 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
             if train.select == "best" and len(td.val) < train.cv_below and train.cv_folds >= 2:
                 t = time.perf_counter()
                 a_pred, p_pred, y_all = cross_validated_predictions(model, init_state, td, train, caches, feats, probe_c,
-                                                                    fit_info["best_epoch"] or 1)
+                                                                    fit_info["epochs_planned"], fit_info["best_epoch"] or 1)
                 paired = paired_margin(a_pred, p_pred, y_all, train.select_z)
                 paired["on"] = f"{train.cv_folds}-fold cross-validation over train + val ({len(y_all)} rows)"
                 seconds["cross_validation"] = time.perf_counter() - t
@@ -654,12 +657,13 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
 
 def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td: TaskData, train: TrainSettings,
                                 caches: dict[str, Any], feats: dict[str, Any], probe_c: float,
-                                epochs: int) -> tuple[Any, Any, Any]:
+                                epochs: int, best_epoch: int) -> tuple[Any, Any, Any]:
     """Out-of-fold predictions of both candidates over train + val, for a validation split too small
     to tell them apart. Each fold restarts ``model``'s adapter and head from ``init_state`` (the
-    main run's starting point) and trains them with the same recipe for ``epochs`` epochs (the main
-    run's best) on the other folds; a probe with the main probe's C is fitted alike. The main run's
-    trained weights are put back afterwards: the fold models only inform the choice."""
+    main run's starting point) and trains them on the other folds as the registered adapter was
+    trained: the same ``epochs``-epoch schedule, stopped after ``best_epoch`` (the checkpoint the
+    main run kept); a probe with the main probe's C is fitted alike. The main run's trained weights
+    are put back afterwards: the fold models only inform the choice."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -688,7 +692,7 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
                             val=Split([""] * len(te), y[te].tolist()), test=Split([], []), source="fold", fingerprint="")
             views = {"train": CacheView([rows[i] for i in tr]), "val": CacheView([rows[i] for i in te])}
             fit(model, None, fold, TrainSettings(**{**fold_settings.to_dict(), "seed": train.seed + 1 + k}),
-                progress=False, caches=views, keep_best=False, validate=False)
+                progress=False, caches=views, keep_best=False, validate=False, stop_after=best_epoch)
             a_pred[te] = cache_logits(model, views["val"], train.eval_batch_size).argmax(1)
     finally:
         _load_trainable_state(model, trained_state)

@@ -1,6 +1,7 @@
 """Is bf16 autocast worth it on this CPU, and what does each adapted-layer count cost? Branch
 training steps and full inference forwards, fp32 vs ``torch.autocast("cpu", dtype=torch.bfloat16)``,
-and fp32 training steps with 1, 2, 3 and all 6 layers adapted (the trunk cached), side by side in
+fp32 training steps with 1, 2, 3 and all 6 layers adapted (the trunk cached), and a 2-layer step
+with the frozen layers' own dropout on vs off (onboarding's ``--base-dropout``), side by side in
 one process.
 
 usage: python benchmarks/bench_bf16.py [--steps 20] [--length 128] [--json out.json]
@@ -36,7 +37,7 @@ def main() -> None:
     lb = load_base("minilm")
     cpu_flags = open("/proc/cpuinfo").read() if sys.platform.startswith("linux") else ""
     pm = build_peft_model(lb.model, lb.model_type, LoraSettings(), split=4)
-    model = TaskModel(pm, torch.nn.Linear(lb.hidden_size, 3), 4)
+    model = TaskModel(pm, torch.nn.Linear(lb.hidden_size, 3), 4, base_dropout=False)
     model.train(True)
     h = torch.randn(args.batch, args.length, lb.hidden_size)
     mask = torch.ones(args.batch, args.length, dtype=torch.long)
@@ -53,11 +54,19 @@ def main() -> None:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 pm.get_base_model()(input_ids=ids, attention_mask=torch.ones_like(ids))
             times["infer_bf16" if bf16 else "infer_fp32"].append(time.perf_counter() - t)
+    for base_dropout in (True, False):
+        model.base_dropout = base_dropout
+        times[f"train_base_dropout_{'on' if base_dropout else 'off'}"] = []
+        for step in range(max(4, args.steps // 2)):
+            model.train(True)
+            t = time.perf_counter()
+            model.from_trunk(h, mask).sum().backward()
+            times[f"train_base_dropout_{'on' if base_dropout else 'off'}"].append(time.perf_counter() - t)
     pm.unload()
     for adapted in (1, 2, 3, 6):
         split = 6 - adapted if adapted < 6 else 0
         pm = build_peft_model(lb.model, lb.model_type, LoraSettings(), split=split)
-        m = TaskModel(pm, torch.nn.Linear(lb.hidden_size, 3), split)
+        m = TaskModel(pm, torch.nn.Linear(lb.hidden_size, 3), split, base_dropout=False)
         m.train(True)
         times[f"train_adapted_{adapted}"] = []
         for step in range(max(4, args.steps // 2)):

@@ -110,12 +110,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- routing
     routing = {}
-    for ml in (64,) if args.quick else (64, args.max_length):
+    default_length = Router().max_length  # the predictor below routes with the default router
+    for ml in (default_length,) if args.quick else sorted({64, args.max_length, default_length}):
         router = Router(max_length=ml)
         router.fit({n: router.features(lb, td.train.texts) for n, td in tds.items()},
                    {n: td.train.y for n, td in tds.items()})
-        if ml == 64:
-            router64 = router
+        if ml == default_length:
+            router_default = router
         if args.quick:
             continue
         test_feats = {n: router.features(lb, td.test.texts) for n, td in tds.items()}
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng.shuffle(rows)
     rows = rows[: args.rows]
     texts, true_tasks = [x for _, x in rows], [n for n, _ in rows]
-    pred = Predictor.from_artifacts(lb, {n: str(p) for n, p in ads.items()}, router=router64)
+    pred = Predictor.from_artifacts(lb, {n: str(p) for n, p in ads.items()}, router=router_default)
     one = next(iter(ads))
     pred.predict(texts[:8], task=one)  # warm-up
     exp = export_merged(ads[one], work / f"export-{one}", base=lb, overwrite=True)
