@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> list[list[float | None]]:
     specs = [s.strip() for s in args.data.split(",") if s.strip()]
     base = load_base(args.base)
     train = TrainSettings(epochs=args.epochs, max_length=args.max_length)
-    router = Router(threshold=math.inf, max_length=args.max_length, layers=(-1,))  # closed world; onboarding's features
+    router = Router(threshold=math.inf)  # closed world: every test text belongs to a known task
     out = Path(args.out or tempfile.mkdtemp(prefix="adaptreg-seq-"))
     names, data, artifacts = [], [], {}
     R: list[list[float | None]] = []
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[list[float | None]]:
         td = load_task(spec, max_per_class=args.max_per_class, seed=train.seed)
         res = onboard(name, td, base=base, lora=LoraSettings(rank=8), train=train, register=False,
                       output=str(out / name), overwrite=True, probe=True, progress=False)
-        router.add_task(name, res.extra["features"]["train"], td.train.y)
+        router.add_task(name, router.features(base, td.train.texts), td.train.y)
         names.append(name)
         data.append(td)
         artifacts[name] = res.artifact_dir
