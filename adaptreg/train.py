@@ -529,20 +529,19 @@ def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], rou
     import numpy as np
     import torch
 
-    from .trunk import _run_layers, _stack, length_batches, num_layers, pad, tokenize
+    from .trunk import frozen_states, length_batches, num_layers, pad, pooled, tokenize
 
     depth = num_layers(lb.model) + 1
     layers = [i % depth for i in router.feature_layers]
     ids = tokenize(lb.tokenizer, texts, int(router.max_length), router.truncation)
     out = np.zeros((len(texts), lb.hidden_size * len(layers)), dtype=np.float32)
-    pooled = getattr(cache, "pooled", {})
-    from_cache = layers == [cache.split] or all(i in pooled for i in layers)
+    kept = getattr(cache, "pooled", {})
+    from_cache = layers == [cache.split] or all(i in kept for i in layers)
     same = [i for i in range(len(texts)) if from_cache and ids[i] == cache.ids[i]]
     other = [i for i in range(len(texts)) if not (from_cache and ids[i] == cache.ids[i])]
-    emb, stack = _stack(lb.model)
     with torch.inference_mode():
-        if same and all(i in pooled for i in layers):  # pooled during the cache's own pass
-            out[same] = np.concatenate([pooled[i][same] for i in layers], 1)
+        if same and all(i in kept for i in layers):  # pooled during the cache's own pass
+            out[same] = np.concatenate([kept[i][same] for i in layers], 1)
             same = []
         for idx in length_batches(cache.lengths[same].tolist(), batch_size):
             rows = [same[k] for k in idx]
@@ -551,12 +550,7 @@ def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], rou
         for idx in length_batches([len(ids[i]) for i in other], batch_size):
             rows = [other[k] for k in idx]
             x, m = pad([ids[i] for i in rows], lb.tokenizer.pad_token_id or 0)
-            h = emb(input_ids=x)
-            seen = {0: h}
-            for i in range(max(layers)):
-                h = _run_layers(lb.model, h, m, [stack[i]])
-                seen[i + 1] = h
-            out[rows] = torch.cat([mean_pool(seen[i], m).float() for i in layers], -1).numpy()
+            out[rows] = pooled(frozen_states(lb.model, x, m, max(layers), layers), m, layers).numpy()
     return out
 
 

@@ -147,14 +147,35 @@ def _run_layers(model: Any, hidden: Any, mask: Any, layers: Sequence[Any]) -> An
     return hidden
 
 
-def trunk_forward(model: Any, input_ids: Any, mask: Any, split: int) -> Any:
-    """Hidden states after the embeddings and the first ``split`` layers (no gradient)."""
+def frozen_states(model: Any, input_ids: Any, mask: Any, upto: int, keep: Sequence[int] = ()) -> dict[int, Any]:
+    """Hidden states ``{index: [B, L, H]}`` of the embeddings and the first ``upto`` layers, for
+    hidden-state indices ``keep`` and ``upto`` itself (0 = embeddings output; no gradient)."""
     import torch
 
     emb, layers = _stack(model)
+    wanted = {int(upto), *(int(i) for i in keep)}
     with torch.no_grad():
-        hidden = emb(input_ids=input_ids)
-        return _run_layers(model, hidden, mask, list(layers)[:split])
+        h = emb(input_ids=input_ids)
+        out = {0: h} if 0 in wanted else {}
+        for i in range(max(wanted)):
+            h = _run_layers(model, h, mask, [layers[i]])
+            if i + 1 in wanted:
+                out[i + 1] = h
+    return out
+
+
+def pooled(states: dict[int, Any], mask: Any, indices: Sequence[int]) -> Any:
+    """Mean-pooled float32 states of ``indices``, side by side."""
+    import torch
+
+    m = mask.unsqueeze(-1)
+    return torch.cat([((states[i] * m.to(states[i].dtype)).sum(1) / m.sum(1).clamp(min=1e-9)).float()
+                      for i in indices], -1)
+
+
+def trunk_forward(model: Any, input_ids: Any, mask: Any, split: int) -> Any:
+    """Hidden states after the embeddings and the first ``split`` layers (no gradient)."""
+    return frozen_states(model, input_ids, mask, split)[split]
 
 
 def branch_forward(model: Any, hidden: Any, mask: Any, split: int, upto: int | None = None) -> Any:
@@ -200,18 +221,13 @@ class TrunkCache:
         if any(not 0 <= i <= split for i in pool):
             raise ConfigError(f"pooled hidden states {pool} must lie in the trunk (0..{split})")
         self.pooled = {i: np.zeros((len(self.ids), hidden), dtype=np.float32) for i in pool}
-        emb, layers = _stack(model)
         with torch.inference_mode():
             for idx in length_batches(self.lengths.tolist(), batch_size):
                 input_ids, mask = pad([self.ids[i] for i in idx], pad_id)
-                h = emb(input_ids=input_ids)
-                for k in range(split + 1):
-                    if k in self.pooled:
-                        m = mask.unsqueeze(-1).to(h.dtype)
-                        self.pooled[k][idx] = ((h * m).sum(1) / m.sum(1).clamp(min=1e-9)).float().numpy()
-                    if k < split:
-                        h = _run_layers(model, h, mask, [layers[k]])
-                h = h.to(torch.float16).numpy()
+                states = frozen_states(model, input_ids, mask, split, pool)
+                for k in pool:
+                    self.pooled[k][idx] = pooled(states, mask, [k]).numpy()
+                h = states[split].to(torch.float16).numpy()
                 for row, i in enumerate(idx):
                     self.data[self.offsets[i] : self.offsets[i + 1]] = h[row, : self.lengths[i]]
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool
 from ..errors import ConfigError, IntegrityError, NotFoundError
-from ..trunk import _run_layers, _stack, length_batches, pad, tokenize
+from ..trunk import _run_layers, _stack, frozen_states, length_batches, pad, pooled, tokenize
 from .router import UNKNOWN, Router
 
 logger = logging.getLogger(__name__)
@@ -203,8 +203,6 @@ class Predictor:
         """Trunk states per row (``[len, hidden]`` tensors) and, for ``collect`` (hidden-state
         indices; beyond the trunk the frozen layers run on), mean-pooled features side by side."""
         torch = self._torch
-        emb, _ = _stack(self.base.model)
-        top = max([self.split, *collect]) if collect else self.split
         states: list[Any] = [None] * len(ids)
         width = self.base.hidden_size * len(collect)
         feats = torch.zeros((len(ids), width)) if collect else None
@@ -212,16 +210,11 @@ class Predictor:
         with torch.inference_mode():
             for idx in length_batches([len(x) for x in ids], batch_size):
                 input_ids, mask = pad([ids[i] for i in idx], pad_id)
-                h = emb(input_ids=input_ids)
-                seen = {0: h}
-                for i in range(top):
-                    h = _run_layers(self.base.model, h, mask, [self._layers[i]])
-                    seen[i + 1] = h
-                trunk_out = seen[self.split]
+                seen = frozen_states(self.base.model, input_ids, mask, self.split, collect)
                 for r, i in enumerate(idx):
-                    states[i] = trunk_out[r, : len(ids[i])]
+                    states[i] = seen[self.split][r, : len(ids[i])]
                 if collect:
-                    feats[idx] = torch.cat([mean_pool(seen[c], mask).float() for c in collect], -1)
+                    feats[idx] = pooled(seen, mask, collect)
         return states, feats
 
     def _branch_pooled(self, e: _TaskEntry, states: list[Any], batch_size: int) -> Any:
