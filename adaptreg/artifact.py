@@ -35,11 +35,22 @@ CHECKED_FILES = (*PEFT_FILES, HEAD_FILE, LABELS_FILE)
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+RESERVED_PREFIX = "adaptreg-"  # adaptreg's own registered models and experiments (the router: adaptreg-router)
+
+
 def validate_task_name(task: str) -> str:
-    """Task names become MLflow model names and folder names: keep them plain."""
+    """Task names become MLflow model names and folder names: keep them plain.
+
+    Names starting with ``adaptreg-`` (any case) and ``adaptreg`` itself are reserved for the
+    registry's own models and experiments: a task named ``adaptreg-router`` would share the
+    router's registered model.
+    """
     if not isinstance(task, str) or not _TASK_NAME.match(task) or ".." in task:
         raise ConfigError(f"task name {task!r} is invalid: use 1-64 letters, digits, '-', '_' or '.', "
                           "starting with a letter or digit (no slashes or spaces)")
+    if task.lower() == "adaptreg" or task.lower().startswith(RESERVED_PREFIX):
+        raise ConfigError(f"task name {task!r} is reserved: names starting with {RESERVED_PREFIX!r} belong to "
+                          "adaptreg's own registry entries (the router is 'adaptreg-router'); choose another name")
     return task
 
 

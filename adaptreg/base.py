@@ -36,6 +36,7 @@ _FAMILY = {
     "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
     "mpnet": "bert", "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "phi3": "llama",
 }
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # weights formats that unpickle
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Config keys that say where or with what a model was saved, not what it computes.
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset"}
@@ -66,12 +67,28 @@ def resolve_base(spec: str) -> BaseRef:
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise BaseModelError(f"base directory {p} has no config.json: point --base at a transformers model directory")
+        _check_safetensors(p)
         return BaseRef(id=str(p.resolve()), path=str(p.resolve()))
     if p.exists() or spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and not _HUB_ID.match(spec):
         raise BaseModelError(f"base {spec!r} is not a model directory: give a directory with config.json, a hub id or 'minilm'")
     if _HUB_ID.match(spec):
         return BaseRef(id=spec, path=spec)
     raise BaseModelError(f"unknown base {spec!r}: use 'minilm', a local model directory or a hub id like 'org/name'")
+
+
+def _check_safetensors(directory: Path) -> None:
+    """Refuse a base directory without safetensors weights: pickle files (``pytorch_model.bin``...)
+    can run code when loaded, so adaptreg never opens them."""
+    if any(directory.glob("*.safetensors")) or (directory / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(f.name for f in directory.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES and f.is_file())
+    if pickles:
+        raise BaseModelError(
+            f"base directory {directory} has only pickle-format weights ({', '.join(pickles[:3])}): adaptreg loads "
+            "safetensors only, since unpickling can run code; convert it once where you trust the file "
+            "(AutoModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True)) and pass --base out")
+    raise BaseModelError(f"base directory {directory} has no model.safetensors: point --base at a transformers model "
+                         "directory saved with safetensors weights")
 
 
 def family(model_type: str) -> str:
@@ -107,6 +124,8 @@ class LoadedBase:
 def load_base(spec: str | BaseRef) -> LoadedBase:
     """Load the base (eval mode, every weight frozen) and its tokenizer; never runs remote code."""
     ref = spec if isinstance(spec, BaseRef) else resolve_base(spec)
+    if Path(ref.path).is_dir():
+        _check_safetensors(Path(ref.path))  # a BaseRef made elsewhere is checked too
     import transformers
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -121,7 +140,8 @@ def load_base(spec: str | BaseRef) -> LoadedBase:
         kwargs: dict[str, Any] = {"trust_remote_code": False}
         if family(config.model_type) == "bert" and config.model_type in ("bert", "roberta", "xlm-roberta", "electra"):
             kwargs["add_pooling_layer"] = False  # mean pooling; the shipped pooler is untrained
-        model = AutoModel.from_pretrained(ref.path, **kwargs)
+        # safetensors only, also for hub ids: never unpickle a checkpoint
+        model = AutoModel.from_pretrained(ref.path, use_safetensors=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

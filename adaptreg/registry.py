@@ -43,10 +43,6 @@ from ._util import sha256_file, to_json
 from ._version import __version__
 from .errors import ConfigError, IntegrityError, NotFoundError, RegistryError
 
-try:  # POSIX advisory locks serialise writers of one local registry; elsewhere retries alone do
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +61,7 @@ MANAGED_TAG = "adaptreg.managed"  # registered-model tag: this model is an adapt
 STATUS_TAG = "adaptreg.status"
 READY, PENDING, FAILED = "ready", "pending", "failed"
 ARCHIVED_TAG = "adaptreg.archived"
+ROUTE_TAG = "adaptreg.route"  # version tag: "wanted" = onboarding meant to add it to the router
 METRIC_TAG = "adaptreg.metric."
 ADAPTER_PATH = "adapter"  # artifact sub-directory of a run that holds the adapter
 PLOT_FILE = "confusion_matrix.png"
@@ -113,6 +110,7 @@ class Location:
     display: str
     db_path: Path | None = None  # local SQLite file (dir and sqlite kinds)
     artifact_root: str | None = None  # artifact location of the experiment, when adaptreg chooses it
+    movable: bool = False  # artifacts live beside the database (the default): re-rooted when the folder moves
 
     @property
     def lock_path(self) -> Path | None:
@@ -137,7 +135,8 @@ def resolve_location(location: str | os.PathLike | None = None, artifact_locatio
         if not db.is_absolute():
             db = db.resolve()
         root = artifact_location or (db.parent / "artifacts").as_uri()
-        return Location("sqlite", "sqlite:///" + str(db), raw, db_path=db, artifact_root=root)
+        return Location("sqlite", "sqlite:///" + str(db), raw, db_path=db, artifact_root=root,
+                        movable=not artifact_location)
     if scheme.split("+")[0] in _SQL_SCHEMES:
         return Location("sql", raw, _redact(raw), artifact_root=artifact_location)
     if scheme or raw.startswith("file:"):
@@ -149,7 +148,7 @@ def resolve_location(location: str | os.PathLike | None = None, artifact_locatio
         raise ConfigError(f"registry location {root} is a file: give a directory (it will hold {DB_NAME} and artifacts/)")
     db = root / DB_NAME
     return Location("dir", "sqlite:///" + str(db), str(root), db_path=db,
-                    artifact_root=artifact_location or (root / "artifacts").as_uri())
+                    artifact_root=artifact_location or (root / "artifacts").as_uri(), movable=not artifact_location)
 
 
 def _redact(uri: str) -> str:
@@ -316,6 +315,97 @@ def _local_path(source: str) -> Path | None:
     return None
 
 
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own client
+    retries for minutes before it gives up)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answered: some servers have no /health; MLflow will tell the rest
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RegistryError(f"cannot reach the tracking server at {_redact(uri)} ({reason}); start it "
+                            "(`mlflow server ...`) or give another --registry") from None
+
+
+def _db_error(db: Path, exc: BaseException) -> RegistryError:
+    return RegistryError(f"{db} is not a readable MLflow database ({str(exc).splitlines()[0][:120]}): restore it "
+                         "from a backup or give another --registry")
+
+
+def _check_sqlite(db: Path) -> None:
+    """A clear error for a damaged or foreign database file before MLflow tries to migrate it."""
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True, timeout=30)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise _db_error(db, exc) from None
+
+
+_PATH_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
+                 ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
+
+
+def _stored_artifact_root(db: Path) -> str | None:
+    """The artifact root a local registry was created with, from its experiments' locations.
+
+    The ``adaptreg`` experiment stores at the root itself; adaptreg's other experiments
+    (``adaptreg-router``, ``adaptreg-continual``) at ``<root>/<name>``.
+    """
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = con.execute("SELECT name, artifact_location FROM experiments").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+    for name, loc in rows:
+        if name == EXPERIMENT and loc:
+            return str(loc).rstrip("/")
+    for name, loc in rows:
+        if name.startswith("adaptreg-") and loc and str(loc).rstrip("/").endswith("/" + name):
+            return str(loc).rstrip("/")[: -len(name) - 1]
+    return None
+
+
+def nonfinite_tensors(directory: Path) -> list[str]:
+    """Names (``file:tensor``) of the safetensors tensors in ``directory`` holding NaN or inf."""
+    import numpy as np
+    from safetensors import safe_open
+
+    bad = []
+    for f in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    t = st.get_tensor(name)
+                    if t.is_floating_point() and not bool(t.isfinite().all()):
+                        bad.append(f"{f.name}:{name}")
+        except ImportError:  # pragma: no cover - torch is a dependency; numpy reads all but bf16
+            with safe_open(str(f), framework="np") as st:
+                for name in st.keys():
+                    a = st.get_tensor(name)
+                    if a.dtype.kind == "f" and not np.isfinite(a).all():
+                        bad.append(f"{f.name}:{name}")
+    return bad
+
+
 def _is_lower_better(metric: str) -> bool:
     return any(w in metric for w in LOWER_IS_BETTER)
 
@@ -456,7 +546,8 @@ class Registry:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.fast = fast
         self._client: Any = None
-        self._experiment_id: str | None = None
+        self._experiment_ids: dict[str, str] = {}
+        self._stored_root: str | None | bool = False  # not read yet
         self._held = threading.local()  # depth of this thread's hold on the write lock
         self._fast_reader = None
         if self.location.db_path is not None and fast is not False:
@@ -471,38 +562,115 @@ class Registry:
     def client(self) -> Any:
         """An ``MlflowClient`` with both URIs set explicitly (never MLflow's defaults)."""
         if self._client is None:
+            if self.location.kind == "http":
+                _check_reachable(self.location.uri)
             client_cls = _import_mlflow()
+            db = self.location.db_path
             with self._lock():  # the first use of a fresh SQLite file creates its tables: one process at a time
-                if self.location.db_path is not None:
-                    self.location.db_path.parent.mkdir(parents=True, exist_ok=True)
+                if db is not None:
+                    db.parent.mkdir(parents=True, exist_ok=True)
+                    _check_sqlite(db)
                 client = client_cls(tracking_uri=self.location.uri, registry_uri=self.location.uri)
-                if self.location.db_path is not None:
-                    client.get_experiment_by_name(EXPERIMENT)  # initialise the tracking tables
-                    client.search_registered_models(max_results=1)  # and the registry tables
+                if db is not None:
+                    try:
+                        client.get_experiment_by_name(EXPERIMENT)  # initialise the tracking tables
+                        client.search_registered_models(max_results=1)  # and the registry tables
+                    except Exception as exc:
+                        if "not a database" in str(exc) or "malformed" in str(exc):
+                            raise _db_error(db, exc) from None
+                        raise
+                    self._reroot()
             self._client = client
         return self._client
 
+    def _require_existing(self) -> None:
+        """Refuse to act on a local registry that does not exist (a mistyped path creates nothing)."""
+        db = self.location.db_path
+        if db is not None and not db.is_file():
+            raise NotFoundError(f"no registry at {self.location.display} ({db.name} is missing): check --registry "
+                                f"or ${ENV_LOCATION}; nothing was created")
+
+    # -- a registry folder that can be copied or moved ----------------------------------------
+
+    def _old_root(self) -> str | None:
+        """The artifact root recorded in this local registry when it differs from where it is now."""
+        if not self.location.movable or self.location.db_path is None:
+            return None
+        if self._stored_root is False:
+            self._stored_root = _stored_artifact_root(self.location.db_path)
+        old = self._stored_root
+        return old if isinstance(old, str) and old != self.location.artifact_root.rstrip("/") else None
+
+    def local_path(self, source: str) -> Path | None:
+        """The local directory of a stored ``source`` URI (None for remote stores).
+
+        A registry folder copied with ``cp -a`` or moved still records its old absolute
+        artifact paths until its next write re-roots them (:meth:`_reroot`); reads map them to
+        the folder's own ``artifacts/`` meanwhile, so read-only copies work too.
+        """
+        p = _local_path(source)
+        old = self._old_root() if p is not None else None
+        if old is None or not old.startswith("file:"):
+            return p
+        old_dir = _local_path(old)
+        try:
+            rel = p.relative_to(old_dir)  # type: ignore[union-attr, arg-type]
+        except ValueError:
+            return p
+        return _local_path(self.location.artifact_root) / rel  # type: ignore[operator, union-attr]
+
+    def _reroot(self) -> None:
+        """Rewrite the artifact locations of a copied or moved registry folder to where it is now
+        (under the lock, before any write), so new runs store inside this folder, not the original."""
+        import sqlite3
+
+        old = self._old_root()
+        db = self.location.db_path
+        if old is None or db is None or not old.startswith("file:"):
+            return
+        new = self.location.artifact_root.rstrip("/")  # type: ignore[union-attr]
+        here = _local_path(new)
+        if here is None or not here.is_dir():
+            logger.warning("registry %s records artifacts under %s and has no artifacts/ folder of its own: "
+                           "leaving its locations as they are", self.location.display, old)
+            return
+        con = sqlite3.connect(str(db), timeout=60)
+        try:
+            with con:
+                for table, col in _PATH_COLUMNS:
+                    cols = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                    if col in cols:
+                        con.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) "
+                                    f"WHERE {col} = ? OR substr({col}, 1, ?) = ?",
+                                    (new, len(old) + 1, old, len(old) + 1, old + "/"))
+        finally:
+            con.close()
+        logger.info("registry %s was copied or moved from %s: artifact locations re-rooted", self.location.display,
+                    _local_path(old))
+        self._stored_root = new
+
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """An exclusive advisory lock on a local SQLite registry (no-op elsewhere)."""
+        """An exclusive lock on a local SQLite registry (``filelock``: fcntl on POSIX, msvcrt on
+        Windows); re-entrant within a thread; a no-op for SQL databases and tracking servers."""
         path = self.location.lock_path
         depth = getattr(self._held, "depth", 0)
-        if path is None or fcntl is None or depth:  # re-entrant within a thread (flock is per open file)
+        if path is None or depth:
             self._held.depth = depth + 1
             try:
                 yield
             finally:
                 self._held.depth = depth
             return
+        import filelock
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with filelock.FileLock(str(path)):
             self._held.depth = 1
             try:
                 yield
             finally:
                 self._held.depth = 0
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the local registry's write lock around a read-modify-write (re-entrant; no-op remotely)."""
@@ -531,67 +699,79 @@ class Registry:
 
     def _read(self, method: str, *args: Any) -> Any:
         if self._fast_reader is not None:
+            import sqlite3
+
             try:
                 return getattr(self._fast_reader, method)(*args)
             except SchemaMismatch as exc:
                 logger.warning("registry database schema not recognised (%s): reading through MLflow instead", exc)
                 self._fast_reader = None
+            except sqlite3.DatabaseError as exc:
+                raise _db_error(self.location.db_path, exc) from None  # type: ignore[arg-type]
         if self.location.kind == "dir" and not self.location.db_path.is_file():  # type: ignore[union-attr]
             return {"task_names": [], "aliases": None, "version": None, "versions": [], "latest_ready": None}[method]
         return getattr(_ClientReader(self.client), method)(*args)
 
-    def experiment_id(self) -> str:
-        """The id of the ``adaptreg`` experiment, created (once, race-safe) on first use."""
-        if self._experiment_id is not None:
-            return self._experiment_id
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        """The id of an adaptreg experiment (``adaptreg`` for adapters; ``adaptreg-router``,
+        ``adaptreg-continual`` for the router and benchmarks), created once, race-safe."""
+        if name in self._experiment_ids:
+            return self._experiment_ids[name]
         client = self.client
-        exp = client.get_experiment_by_name(EXPERIMENT)
+        exp = client.get_experiment_by_name(name)
         if exp is None:
-            if self.location.kind == "sql" and not self.location.artifact_root:
+            root = self.location.artifact_root
+            if self.location.kind == "sql" and not root:
                 raise ConfigError(f"registry {self.location.display}: an SQL database needs an artifact location; "
                                   f"pass artifact_location=... or set {ENV_ARTIFACTS} (e.g. s3://bucket/adaptreg)")
+            if root and name != EXPERIMENT:
+                root = root.rstrip("/") + "/" + name
             try:
-                self._experiment_id = self.write(client.create_experiment, EXPERIMENT,
-                                                 artifact_location=self.location.artifact_root)
-                return self._experiment_id
+                self._experiment_ids[name] = self.write(client.create_experiment, name, artifact_location=root)
+                return self._experiment_ids[name]
             except Exception as exc:
                 if not _is_exists(exc):
                     raise
-            exp = client.get_experiment_by_name(EXPERIMENT)
+            exp = client.get_experiment_by_name(name)
         if exp.lifecycle_stage != "active":
-            raise RegistryError(f"the MLflow experiment {EXPERIMENT!r} is deleted; restore it with "
+            raise RegistryError(f"the MLflow experiment {name!r} is deleted; restore it with "
                                 f"`mlflow experiments restore --experiment-id {exp.experiment_id}`")
-        self._experiment_id = exp.experiment_id
-        return self._experiment_id
+        self._experiment_ids[name] = exp.experiment_id
+        return exp.experiment_id
 
-    def _ensure_task(self, task: str) -> None:
+    def _ensure_model(self, name: str, tags: dict[str, str], description: str) -> None:
+        """Create the registered model ``name`` (race-safe), or check that the existing one carries ``tags``."""
         client = self.client
         try:
-            rm = client.get_registered_model(task)
+            rm = client.get_registered_model(name)
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
             try:
-                self.write(client.create_registered_model, task, tags={MANAGED_TAG: "true"},
-                            description=f"adaptreg task {task!r}: one version per registered adapter")
+                self.write(client.create_registered_model, name, tags=tags, description=description)
             except Exception as exc2:  # another process created it first: fine if it is ours
                 if not _is_exists(exc2):
                     raise
-                rm = client.get_registered_model(task)
+                rm = client.get_registered_model(name)
             else:
                 return
-        if (rm.tags or {}).get(MANAGED_TAG) != "true":
-            raise RegistryError(f"the registered model {task!r} exists but was not created by adaptreg; "
-                                "register under another task name")
+        have = rm.tags or {}
+        if any(have.get(k) != v for k, v in tags.items()):
+            raise RegistryError(f"the registered model {name!r} exists but was not created by adaptreg for this "
+                                "purpose; register under another name")
+
+    def _ensure_task(self, task: str) -> None:
+        self._ensure_model(task, {MANAGED_TAG: "true"}, f"adaptreg task {task!r}: one version per registered adapter")
 
     # -- writing ------------------------------------------------------------------------------
 
     def register(self, artifact_dir: str | os.PathLike, *, task: str | None = None,
-                 extra_artifacts: list[str | os.PathLike] | None = None) -> dict[str, Any]:
+                 extra_artifacts: list[str | os.PathLike] | None = None,
+                 tags: dict[str, str] | None = None) -> dict[str, Any]:
         """Store a verified adapter artifact as the next version of its task; return its record.
 
         ``task`` defaults to the manifest's task. ``extra_artifacts`` (files or directories) are
-        logged on the run under ``extra/``. The version turns ready (visible to lookups) only
+        logged on the run under ``extra/``. ``tags``: more version tags (keys ``adaptreg.*``). The version turns ready (visible to lookups) only
         after its stored files passed their sha256 checks.
         """
         d = Path(artifact_dir)
@@ -610,10 +790,11 @@ class Registry:
         if skipped:
             logger.warning("not registering sub-directories of %s: %s", d, ", ".join(skipped))
 
-        client = self.client
-        from mlflow.entities import Metric, Param
-
-        exp_id = self.experiment_id()
+        bad = nonfinite_tensors(d)
+        if bad:
+            raise IntegrityError(f"{d} holds non-finite weights ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}): training diverged; nothing was registered. "
+                                 "Train again with a lower --lr")
         a = manifest.get("adapter") or {}
         run_tags = {
             TAG + "task": task,
@@ -626,19 +807,8 @@ class Registry:
             TAG + "pid": str(os.getpid()),
             "mlflow.source.name": "adaptreg",
         }
-        run = self.write(client.create_run, exp_id, tags=run_tags, run_name=f"{task}-{a.get('kind', 'lora')}-r{a.get('rank', '')}")
-        run_id = run.info.run_id
-        version: int | None = None
-        ready = False
-        try:
-            now = int(time.time() * 1000)
-            params = [Param(k, v) for k, v in sorted(_params(task, manifest).items())]
-            metrics = [Metric(k, v, now, step) for k, v, step in _metrics(manifest)]
-            for i in range(0, max(len(params), len(metrics)), 100):
-                self.write(client.log_batch, run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
-            _crash_point("after_run")
-            for p in files:
-                client.log_artifact(run_id, str(p), ADAPTER_PATH)
+
+        def log_extras(client: Any, run_id: str) -> None:
             if (d / PLOT_FILE).is_file():
                 client.log_artifact(run_id, str(d / PLOT_FILE), "plots")
             for p in extras:
@@ -646,17 +816,69 @@ class Registry:
                     client.log_artifacts(run_id, str(p), f"extra/{p.name}")
                 else:
                     client.log_artifact(run_id, str(p), "extra")
-            _crash_point("after_artifacts")
-            source = run.info.artifact_uri.rstrip("/") + "/" + ADAPTER_PATH
+
+        def check(run_id: str, source: str) -> None:
             self._check_stored(run_id, source, files, manifest_sha)
-            self._ensure_task(task)
-            mv = self.write(client.create_model_version, task, source=source, run_id=run_id,
-                             tags=_version_tags(manifest, manifest_sha), await_creation_for=0,
-                             description=f"{task}: {a.get('kind', '?')} rank {a.get('rank', '?')} on "
-                                         f"{(manifest.get('base') or {}).get('id', '?')}")
+
+        version = self.store_version(
+            model=task, model_tags={MANAGED_TAG: "true"},
+            model_description=f"adaptreg task {task!r}: one version per registered adapter",
+            files=files, artifact_path=ADAPTER_PATH, run_name=f"{task}-{a.get('kind', 'lora')}-r{a.get('rank', '')}",
+            run_tags=run_tags, params=_params(task, manifest), metrics=_metrics(manifest),
+            version_tags={**_version_tags(manifest, manifest_sha), **(tags or {})}, check=check, log_extras=log_extras,
+            description=f"{task}: {a.get('kind', '?')} rank {a.get('rank', '?')} on "
+                        f"{(manifest.get('base') or {}).get('id', '?')}")
+        raw = _ClientReader(self.client).version(task, version)
+        rec = _record(raw)
+        rec["path"] = str(self._materialize(rec, local_copy_from=d))
+        logger.info("registered %s version %d (%s)", task, version, rec["path"])
+        return rec
+
+    def store_version(self, *, model: str, model_tags: dict[str, str], model_description: str,
+                      files: list[Path], artifact_path: str, run_name: str, run_tags: dict[str, str],
+                      params: dict[str, str], metrics: list[tuple[str, float, int]], version_tags: dict[str, str],
+                      description: str, check: Callable[[str, str], None] | None = None,
+                      log_extras: Callable[[Any, str], None] | None = None, experiment: str = EXPERIMENT) -> int:
+        """The one write path for a new model version (adapters and the router alike); its number.
+
+        One run in ``experiment`` holds ``files`` under ``artifact_path`` with ``params`` and
+        ``metrics``; ``check(run_id, source)`` verifies what the store now holds; the version is
+        created ``pending`` and tagged ``ready`` only then; the run ends ``FINISHED`` (``FAILED``
+        and the version ``failed`` on any error). Every MLflow write goes through :meth:`write`
+        (the local lock, retries of transient failures).
+        """
+        from mlflow.entities import Metric, Param
+
+        import socket
+
+        client = self.client
+        exp_id = self.experiment_id(experiment)
+        run_tags = {**run_tags, TAG + "pid": str(os.getpid()), TAG + "host": socket.gethostname()}
+        run = self.write(client.create_run, exp_id, tags=run_tags, run_name=run_name)
+        run_id = run.info.run_id
+        version: int | None = None
+        ready = False
+        try:
+            now = int(time.time() * 1000)
+            plist = [Param(k, v) for k, v in sorted(params.items())]
+            mlist = [Metric(k, v, now, step) for k, v, step in metrics]
+            for i in range(0, max(len(plist), len(mlist)), 100):
+                self.write(client.log_batch, run_id, metrics=mlist[i:i + 100], params=plist[i:i + 100])
+            _crash_point("after_run")
+            for p in files:
+                client.log_artifact(run_id, str(p), artifact_path)
+            if log_extras is not None:
+                log_extras(client, run_id)
+            _crash_point("after_artifacts")
+            source = run.info.artifact_uri.rstrip("/") + "/" + artifact_path
+            if check is not None:
+                check(run_id, source)
+            self._ensure_model(model, model_tags, model_description)
+            mv = self.write(client.create_model_version, model, source=source, run_id=run_id,
+                            tags={**version_tags, STATUS_TAG: PENDING}, await_creation_for=0, description=description)
             version = int(mv.version)
             _crash_point("after_version")
-            self.write(client.set_model_version_tag, task, str(version), STATUS_TAG, READY)
+            self.write(client.set_model_version_tag, model, str(version), STATUS_TAG, READY)
             ready = True
             _crash_point("after_ready")
             self.write(client.set_tag, run_id, TAG + "model_version", str(version))
@@ -664,18 +886,14 @@ class Registry:
         except BaseException:
             with contextlib.suppress(Exception):
                 if version is not None and not ready:
-                    client.set_model_version_tag(task, str(version), STATUS_TAG, FAILED)
-                client.set_terminated(run_id, "FAILED")
+                    self.write(client.set_model_version_tag, model, str(version), STATUS_TAG, FAILED)
+                self.write(client.set_terminated, run_id, "FAILED")
             raise
-        raw = _ClientReader(client).version(task, version)
-        rec = _record(raw)
-        rec["path"] = str(self._materialize(rec, local_copy_from=d))
-        logger.info("registered %s version %d (%s)", task, version, rec["path"])
-        return rec
+        return version
 
     def _check_stored(self, run_id: str, source: str, files: list[Path], manifest_sha: str) -> None:
         """Compare what the store now holds with what was meant to be stored."""
-        local = _local_path(source)
+        local = self.local_path(source)
         if local is not None and local.is_dir():
             artifact.verify(local)
             got = sha256_file(local / artifact.MANIFEST)
@@ -690,27 +908,53 @@ class Registry:
                                      f"({listed.get(p.name)} of {p.stat().st_size} bytes); register again")
 
     def promote(self, task: str, version: int | str, alias: str = DEFAULT_ALIAS) -> dict[str, Any]:
-        """Point ``alias`` (an MLflow alias, e.g. ``production``) at a ready, unarchived version."""
+        """Point ``alias`` (an MLflow alias, e.g. ``production``) at a ready, unarchived version.
+
+        Alias moves and archiving exclude each other: locally both run under the registry's lock;
+        against a server (no shared lock) each re-checks after its own write: promote re-reads the
+        version and takes the alias back if it was archived meanwhile, archive re-reads the
+        aliases after tagging. Whichever order the writes land in, no alias stays on an archived
+        version.
+        """
         alias = validate_alias(alias)
-        reader = _ClientReader(self.client)
-        raw = self._resolve(task, version=version, reader=reader)
-        if raw["tags"].get(ARCHIVED_TAG) == "true":
-            raise RegistryError(f"version {raw['version']} of task {task!r} is archived: promote another version "
-                                f"(`adaptreg show {task}` lists them)")
-        self.write(self.client.set_registered_model_alias, task, alias, str(raw["version"]))
-        return self._with_path(reader.version(task, raw["version"]))
+        self._require_existing()
+        with self._lock():
+            reader = _ClientReader(self.client)
+            raw = self._resolve(task, version=version, reader=reader)
+            v = raw["version"]
+            if raw["tags"].get(ARCHIVED_TAG) == "true":
+                raise RegistryError(f"version {v} of task {task!r} is archived: promote another version "
+                                    f"(`adaptreg show {task}` lists them)")
+            self.write(self.client.set_registered_model_alias, task, alias, str(v))
+            now = reader.version(task, v)
+            if now is None or now["tags"].get(ARCHIVED_TAG) == "true":
+                self._drop_alias(reader, task, alias, v)
+                raise RegistryError(f"version {v} of task {task!r} was archived while it was being promoted; "
+                                    f"alias {alias!r} was not moved")
+            return self._with_path(now)
+
+    def _drop_alias(self, reader: "_ClientReader", task: str, alias: str, version: int) -> None:
+        if (reader.aliases(task) or {}).get(alias) == version:
+            try:
+                self.write(self.client.delete_registered_model_alias, task, alias)
+            except Exception as exc:
+                if not _is_not_found(exc):
+                    raise
 
     def archive(self, task: str, version: int | str) -> dict[str, Any]:
         """Hide a version from latest/best/default lookups and drop its aliases; its files stay."""
-        reader = _ClientReader(self.client)
-        raw = self._resolve(task, version=version, reader=reader, require_ready=False)
-        v = raw["version"]
-        self.write(self.client.set_model_version_tag, task, str(v), ARCHIVED_TAG, "true")
-        for alias in raw["aliases"]:
-            self.write(self.client.delete_registered_model_alias, task, alias)
-        rec = _record(reader.version(task, v))
-        rec["dropped_aliases"] = list(raw["aliases"])
-        return rec
+        self._require_existing()
+        with self._lock():
+            reader = _ClientReader(self.client)
+            raw = self._resolve(task, version=version, reader=reader, require_ready=False)
+            v = raw["version"]
+            self.write(self.client.set_model_version_tag, task, str(v), ARCHIVED_TAG, "true")
+            dropped = sorted(a for a, target in (reader.aliases(task) or {}).items() if target == v)
+            for alias in dropped:
+                self._drop_alias(reader, task, alias, v)
+            rec = _record(reader.version(task, v))
+            rec["dropped_aliases"] = dropped
+            return rec
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -770,12 +1014,12 @@ class Registry:
 
     def _with_path(self, raw: dict[str, Any], download: bool = True) -> dict[str, Any]:
         rec = _record(raw)
-        rec["path"] = str(self._materialize(rec)) if download or _local_path(rec["source"]) else None
+        rec["path"] = str(self._materialize(rec)) if download or self.local_path(rec["source"]) else None
         return rec
 
     def _materialize(self, rec: dict[str, Any], local_copy_from: Path | None = None) -> Path:
         """A local directory with the version's files: in the store when local, else a verified cached copy."""
-        local = _local_path(rec["source"])
+        local = self.local_path(rec["source"])
         if local is not None:
             if not (local / artifact.MANIFEST).is_file():
                 raise IntegrityError(f"the files of {rec['task']} version {rec['version']} are missing at {local}: "

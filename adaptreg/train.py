@@ -7,6 +7,7 @@ linear probe) -> adapter artifact (see :mod:`adaptreg.artifact`) -> optionally t
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import tempfile
@@ -21,7 +22,8 @@ from ._version import __version__
 from .base import LoadedBase, default_targets, fingerprint, load_base, mean_pool, resolve_base
 from .config import LoraSettings, TrainSettings
 from .data.tasks import TaskData, load_task
-from .errors import ConfigError
+from .errors import ConfigError, NotFoundError
+from .registry import ROUTE_TAG
 from .registry import as_registry as _registry
 
 logger = logging.getLogger(__name__)
@@ -713,6 +715,19 @@ def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[
 
 # --------------------------------------------------------------------------- onboarding
 
+def _check_same_labels(reg: Any, task: str, labels: list[str]) -> None:
+    """Refuse a new version of ``task`` whose label set differs from its latest version's."""
+    try:
+        rec = reg.lookup(task)
+    except NotFoundError:
+        return  # a new task, or none of its versions is usable
+    got = json.loads((Path(rec["path"]) / artifact.MANIFEST).read_text(encoding="utf-8")).get("labels") or []
+    if sorted(map(str, got)) != sorted(map(str, labels)):
+        raise ConfigError(f"task {task!r} version {rec['version']} has labels {sorted(map(str, got))}, this data has "
+                          f"{sorted(map(str, labels))}: onboard it under another task name, or pass --new-labels "
+                          "to register a version with the new label set")
+
+
 def onboard(
     task: str,
     data: str | TaskData,
@@ -734,6 +749,7 @@ def onboard(
     probe: bool = True,
     route: bool = True,
     progress: bool = True,
+    new_labels: bool = False,
 ) -> OnboardResult:
     """Train a LoRA adapter + head for ``task``, evaluate it beside a frozen-base linear probe,
     write the adapter artifact (to ``output`` if given) and register it (unless ``register=False``).
@@ -742,6 +758,8 @@ def onboard(
     ``init_from`` (``TASK`` or ``TASK@VERSION``, from the registry) starts from an existing adapter.
     ``route``: after registering, add the task to the registry's router (a new router version),
     so ``adaptreg predict`` can send inputs to it without a task id.
+    ``new_labels``: allow a new version of a registered task to have another label set (refused
+    otherwise, before any training: it is usually a mistyped task name or the wrong file).
     """
     artifact.validate_task_name(task)
     lora = lora or LoraSettings()
@@ -753,6 +771,8 @@ def onboard(
         data, text_col=text_col, label_col=label_col, val=val, test=test, seed=train.seed,
         drop_empty=drop_empty, max_per_class=max_per_class)
     reg = _registry(registry) if (register or init_from) else None
+    if register and not new_labels:
+        _check_same_labels(reg, task, td.labels)
     lb = base_ref if isinstance(base_ref, LoadedBase) else load_base(base_ref)
     fp_before = lb.fingerprint
     seed_everything(train.seed)
@@ -775,7 +795,9 @@ def onboard(
         model = trained.model
         trainable = sum(p.numel() for p in model.parameters())
         manifest = _manifest(task, td, lb, lora, train, trained, trainable, parent or None)
-        result = _write(task, manifest, model, td.labels, output, overwrite, reg if register else None)
+        # the route intent lets `adaptreg doctor` find a version that a crash left out of the router
+        result = _write(task, manifest, model, td.labels, output, overwrite, reg if register else None,
+                        tags={ROUTE_TAG: "wanted"} if route else None)
     finally:
         if trained is not None:
             trained.model.peft_model.unload()  # take the LoRA layers out again; the base module is left as it was
@@ -793,7 +815,8 @@ def onboard(
                 (routing.max_length, routing.feature_layers, routing.truncation)
             return (trained.router_features, list(td.train.y)) if same and trained.router_features is not None else None
 
-        _, router_rec = add_task_to_registry_router(reg, task, lb, data=td, featurizer=featurizer)
+        _, router_rec = add_task_to_registry_router(reg, task, lb, version=int(result.version["version"]), data=td,
+                                                    featurizer=featurizer)
         result.extra["router_version"] = router_rec.get("version")
     result.extra["probe"] = trained.probe
     return result
@@ -888,7 +911,7 @@ def _manifest(task, td, lb, lora, train, trained: "TrainedTask", trainable, pare
     }
 
 
-def _write(task, manifest, model, labels, output, overwrite, reg) -> OnboardResult:
+def _write(task, manifest, model, labels, output, overwrite, reg, tags=None) -> OnboardResult:
     def write_into(d: Path) -> dict[str, Any]:
         model.peft_model.save_pretrained(str(d), safe_serialization=True)
         artifact.save_head(d, model.head, labels)
@@ -899,13 +922,13 @@ def _write(task, manifest, model, labels, output, overwrite, reg) -> OnboardResu
     if output is not None:
         with atomic_dir(output, overwrite=overwrite) as tmp:
             final = write_into(tmp)
-        version = reg.register(output) if reg is not None else None
+        version = reg.register(output, tags=tags) if reg is not None else None
         return OnboardResult(task, final, str(Path(output).resolve()), version)
     with tempfile.TemporaryDirectory(prefix="adaptreg-") as tmp:
         d = Path(tmp) / task
         d.mkdir()
         final = write_into(d)
-        version = reg.register(d)
+        version = reg.register(d, tags=tags)
     return OnboardResult(task, final, version.get("path") if version else None, version)
 
 

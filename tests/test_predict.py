@@ -198,12 +198,14 @@ def test_predictor_from_registry_and_cli(world, tmp_path, tmp_path_factory):
     reg.register(make_adapter(world["lb"], "topic", world["tds"]["topic"], tmp_path / "topic-v2", seed=7))
     reg.promote("topic", 1, "production")
     for t in ("topic", "senti"):
-        router, rec = add_task_to_registry_router(reg, t, world["lb"], router=Router(max_length=MAX_LEN) if t == "topic" else None)
-    assert [v["tasks"] for v in router_versions(reg)] == [["topic", "senti"], ["topic"]]
+        router, rec = add_task_to_registry_router(reg, t, world["lb"],
+                                                  new_router=Router(max_length=MAX_LEN) if t == "topic" else None)
+    # entries are task versions: topic's production version (1), senti's latest (1)
+    assert [v["tasks"] for v in router_versions(reg)] == [["topic@1", "senti@1"], ["topic@1"]]
     assert sorted(t["task"] for t in reg.list_tasks()) == ["senti", "topic"]  # the router is not a task
     loaded = load_router(reg)
     feats = router.features(world["lb"], world["tds"]["senti"].test.texts)
-    assert loaded.route(feats)[0] == world["router"].route(feats)[0]
+    assert [r.split("@")[0] for r in loaded.route(feats)[0]] == world["router"].route(feats)[0]
 
     pred = Predictor(reg, base=world["lb"])
     assert pred._entries["topic"].version == 1 and pred._entries["senti"].version == 1  # production alias wins
@@ -297,4 +299,68 @@ def test_concurrent_router_updates_keep_every_task(world, tmp_path, tmp_path_fac
     for th in threads:
         th.join()
     assert not errors, errors
-    assert sorted(load_router(reg).tasks_) == ["senti", "topic"]
+    assert sorted(load_router(reg).tasks_) == ["senti@1", "topic@1"]
+
+
+def test_route_add_cli_reads_the_router_under_the_lock(world, tmp_path, tmp_path_factory):
+    """`adaptreg route add` used to load the router before taking the lock and extend that copy:
+    a task added by someone else meanwhile was lost. Simulated by adding senti between the CLI's
+    start and its write (a registration that lands while the CLI computes features)."""
+    from adaptreg.compose import router as router_mod
+    from adaptreg.compose.router import add_task_to_registry_router, load_router
+
+    reg = fresh_registry(tmp_path / "reg", tmp_path_factory.getbasetemp())
+    for t in ("topic", "senti"):
+        reg.register(world["ads"][t])
+    add_task_to_registry_router(reg, "topic", world["lb"], new_router=Router(max_length=MAX_LEN))
+    real = router_mod.task_features
+    sneaked = []
+
+    def features_then_race(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not sneaked:  # another writer lands while this one computes features
+            sneaked.append(1)
+            add_task_to_registry_router(reg, "senti", world["lb"])
+        return out
+
+    router_mod.task_features = features_then_race
+    try:
+        res = CliRunner().invoke(main, ["route", "add", "topic", "--registry", str(tmp_path / "reg"),
+                                        "--base", str(world["lb"].id)])
+    finally:
+        router_mod.task_features = real
+    assert res.exit_code == 0, res.output
+    assert sorted(load_router(reg).tasks_) == ["senti@1", "topic@1"]
+
+
+def test_routing_follows_the_served_version(world, tmp_path, tmp_path_factory):
+    """Version 2 of `topic` is trained on other data; the router keeps both versions' statistics
+    and routes with the version the alias serves: promoting v1 back restores its routing
+    without a rebuild."""
+    from adaptreg.compose.router import add_task_to_registry_router, load_router
+
+    reg = fresh_registry(tmp_path / "reg", tmp_path_factory.getbasetemp())
+    reg.register(world["ads"]["topic"])
+    add_task_to_registry_router(reg, "topic", world["lb"], new_router=Router(max_length=MAX_LEN))
+    v2 = make_adapter(world["lb"], "topic", world["tds"]["senti"], tmp_path / "topic-v2", seed=5)
+    reg.register(v2)
+    add_task_to_registry_router(reg, "topic", world["lb"])  # the latest version (2)
+    router = load_router(reg)
+    assert router.tasks_ == ["topic@1", "topic@2"]
+    texts = world["tds"]["topic"].test.texts
+    feats = router.features(world["lb"], texts)
+    by_version = {v: router.route(feats, tasks=[f"topic@{v}"])[1] for v in (1, 2)}
+    assert not (by_version[1] == by_version[2]).all()
+
+    def served_scores():
+        pred = Predictor(reg, base=world["lb"])
+        return pred._entries["topic"].version, pred._route_feats(pred.route_features(texts), None)[1]
+
+    v, scores = served_scores()  # no alias: the latest version serves
+    assert v == 2 and (scores == by_version[2]).all()
+    reg.promote("topic", 1)
+    v, scores = served_scores()
+    assert v == 1 and (scores == by_version[1]).all()
+    reg.archive("topic", 1)
+    v, scores = served_scores()
+    assert v == 2 and (scores == by_version[2]).all()

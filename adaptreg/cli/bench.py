@@ -36,6 +36,10 @@ def _run(tasks: str, order: str | None, strategies: str, base: str, max_per_clas
             if sorted(names) != sorted(specs):
                 raise ConfigError(f"--order {order}: name each of --tasks once ({', '.join(specs)})")
             specs = names
+    if out:
+        from .._util import check_output_dir
+
+        check_output_dir(out, "--out", overwrite=None)  # the report folder is written into; checked before any training
     lora = LoraSettings(rank=rank, alpha=2.0 * rank)
     given = {"epochs": epochs, "max_length": max_length, "lr": lr}
     train = TrainSettings(batch_size=batch_size, seed=seed, **{k: v for k, v in given.items() if v is not None})

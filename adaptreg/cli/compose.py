@@ -32,6 +32,39 @@ def _base_for(reg: Any, tasks: list[str], spec: str | None) -> Any:
     raise NotFoundError("cannot tell which base to load: pass --base")
 
 
+def _check_threshold(value: float | None, option: str = "--threshold") -> None:
+    """The router's abstention threshold: a number > 0 (NaN compares false with everything)."""
+    import math
+
+    from ..errors import ConfigError
+
+    if value is not None and (math.isnan(value) or not value > 0):
+        raise ConfigError(f"{option} {value}: must be a number > 0 (a route_score above it gives 'unknown'; "
+                          "default 1.0, larger abstains less)")
+
+
+def _parse_weights(value: str, n_tasks: int) -> list[float]:
+    """``--weights W1,W2,...``: one finite number per task."""
+    import math
+
+    from ..errors import ConfigError
+
+    parts = [p.strip() for p in value.split(",")]
+    weights = []
+    for p in parts:
+        try:
+            w = float(p)
+        except ValueError:
+            raise ConfigError(f"--weights {value}: {p!r} is not a number; give one number per task, "
+                              f"e.g. --weights {','.join(['0.5'] * max(n_tasks, 2))}") from None
+        if not math.isfinite(w):
+            raise ConfigError(f"--weights {value}: {p} is not finite; give finite numbers such as 0.5")
+        weights.append(w)
+    if len(weights) != n_tasks:
+        raise ConfigError(f"--weights {value}: {len(weights)} weights for {n_tasks} tasks; give one weight per task")
+    return weights
+
+
 def _split(value: str | None, what: str) -> list[str] | None:
     if value is None:
         return None
@@ -57,12 +90,14 @@ def _split(value: str | None, what: str) -> list[str] | None:
               help="With --task: also apply this task's adapter, added to --task's (repeatable; weight scales it, default 1).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", default=None, metavar="FILE.csv|FILE.jsonl", help="Write predictions to a file instead of stdout.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @_base_option
 @registry_option
 @json_option
 def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col: str | None, task: str | None,
             task_list: str | None, alias: str, threshold: float | None, no_router: bool, stack: tuple[str, ...],
-            batch_size: int, output: str | None, base: str | None, registry: str | None, as_json: bool) -> None:
+            batch_size: int, output: str | None, overwrite: bool, base: str | None, registry: str | None,
+            as_json: bool) -> None:
     """Classify texts with the registered task adapters, routing each text to its task.
 
     One output row per input row, in input order, with the id column carried through. Rows the
@@ -81,6 +116,13 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
         raise ConfigError("give either --data PATH or one or more --text, not both or neither")
     if stack and not task:
         raise ConfigError("--stack adds adapters to one task's adapter: give --task T as well")
+    _check_threshold(threshold)
+    if output:
+        from .._util import check_output_file
+
+        check_output_file(output, "--output", overwrite=overwrite, inputs={"--data": data_path})
+        if _output_kind(output) is None:
+            raise ConfigError(f"--output {output}: use a .csv or .jsonl file name")
     rows: list[dict[str, Any]]
     if data_path:
         from ..compose.predict import read_table
@@ -107,6 +149,10 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
         from ..compose.predict import _task_names
 
         names = _task_names(reg)
+        if not names:
+            from ..errors import NotFoundError
+
+            raise NotFoundError(f"no tasks in the registry at {reg.location.display}: onboard one with `adaptreg onboard`")
     lb = _base_for(reg, names, base)
     log(f"loading {len(names)} adapter(s) on base {lb.id}")
     pred = Predictor(reg, base=lb, tasks=names, alias=alias, router=False if (no_router or task) else None, threshold=threshold)
@@ -138,6 +184,7 @@ def _predict_stacked(reg: Any, task: str, stack: tuple[str, ...], alias: str, ba
                      rows: list[dict[str, Any]], id_col: str | None, batch_size: int) -> list[dict[str, Any]]:
     """``task``'s adapter and head with the ``stack`` adapters added (additive composition)."""
     from ..compose.predict import _resolve
+    from ..compose.router import UNKNOWN
     from ..compose.stack import StackedModel
     from ..errors import ConfigError
 
@@ -154,34 +201,44 @@ def _predict_stacked(reg: Any, task: str, stack: tuple[str, ...], alias: str, ba
     paths = {t: _resolve(reg, t, alias, lb)["path"] for t in [task, *weights]}
     log(f"stacking {', '.join(f'{t} x{w:g}' for t, w in weights.items())} on {task}")
     model = StackedModel(lb, paths, head=task, weights=weights)
-    labels, confs = model.predict(inputs, batch_size) if inputs else ([], [])
+    filled = [i for i, text in enumerate(inputs) if text.strip()]  # an empty text has no label: 'unknown'
+    labels, confs = model.predict([inputs[i] for i in filled], batch_size) if filled else ([], [])
+    answers = {i: (lab, conf) for i, lab, conf in zip(filled, labels, confs)}
     out = []
-    for src, text, lab, conf in zip(rows, inputs, labels, confs):
+    for i, (src, text) in enumerate(zip(rows, inputs)):
+        lab, conf = answers.get(i, (UNKNOWN, None))
         row = {id_col: src.get(id_col)} if id_col else {}
-        row.update({"text": text, "task": task, "label": lab, "confidence": conf,
+        row.update({"text": text, "task": task if i in answers else UNKNOWN, "label": lab, "confidence": conf,
                     "stack": ",".join(f"{t}:{w:g}" for t, w in weights.items())})
         out.append(row)
     return out
 
 
-def _write_predictions(rows: list[dict[str, Any]], path: str) -> None:
-    import csv
-    import json
+def _output_kind(path: str) -> str | None:
     from pathlib import Path
 
+    suffix = Path(path).suffix.lower()
+    return "csv" if suffix == ".csv" else "jsonl" if suffix in (".jsonl", ".ndjson") else None
+
+
+def _write_predictions(rows: list[dict[str, Any]], path: str) -> None:
+    """Write all rows to a temporary file, then rename: ``path`` is never half-written."""
+    import csv
+
+    from .._util import atomic_file, to_json
     from ..errors import ConfigError
 
-    p = Path(path)
-    if p.suffix.lower() == ".csv":
+    kind = _output_kind(path)
+    if kind == "csv":
         cols = list(rows[0]) if rows else ["text", "task", "label", "confidence", "route_score"]
-        with open(p, "w", newline="", encoding="utf-8") as f:
+        with atomic_file(path, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             w.writerows(rows)
-    elif p.suffix.lower() in (".jsonl", ".ndjson"):
-        with open(p, "w", encoding="utf-8") as f:
+    elif kind == "jsonl":
+        with atomic_file(path, "w", encoding="utf-8") as f:
             for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(to_json(r, indent=None, sort_keys=False, ensure_ascii=False) + "\n")
     else:
         raise ConfigError(f"--output {path}: use a .csv or .jsonl file name")
 
@@ -219,11 +276,20 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
       adaptreg merge news@2 sentiment --name combo --method linear --weights 0.7,0.3 --json
       adaptreg merge news sentiment --name combo --method ties --tune
     """
-    from ..compose.merge import merge_adapters
+    from .._util import check_output_dir
+    from ..compose.merge import _parse_sources, merge_adapters
+    from ..errors import ConfigError
 
-    w = [float(x) for x in _split(weights, "weight")] if weights else None
+    # every option is checked before the registry or a model is opened
+    names = [t for t, _ in _parse_sources(tasks)]
+    w = _parse_weights(weights, len(tasks)) if weights is not None else None
+    if not 0.0 < density <= 1.0:
+        raise ConfigError(f"--density {density}: must be in (0, 1]")
+    if output is not None:
+        check_output_dir(output, "--output", overwrite=overwrite)
+
     reg = _registry(registry)
-    lb = _base_for(reg, [t.partition("@")[0] for t in tasks], base)
+    lb = _base_for(reg, names, base)
     log(f"merging {', '.join(tasks)} with {method}")
     res = merge_adapters(list(tasks), name=name, method=method, weights=w, density=density, svd_rank=svd_rank,
                          base=lb, registry=reg, register=not no_register, output=output, overwrite=overwrite,
@@ -266,6 +332,9 @@ def export(task: str, output: str, version: str | None, alias: str | None, overw
       adaptreg export news --merged exports/news
       adaptreg export news --version 3 --merged exports/news-v3 --overwrite --json
     """
+    from .._util import check_output_dir
+
+    check_output_dir(output, "--merged", overwrite=overwrite)
     from ..compose.merge import export_merged
 
     reg = _registry(registry)
@@ -303,18 +372,17 @@ def route_add(tasks: tuple[str, ...], rebuild: bool, max_length: int, threshold:
       adaptreg route add news sentiment
       adaptreg route add news --rebuild --max-length 128
     """
-    from ..compose.router import Router, add_task_to_registry_router, load_router
+    _check_threshold(threshold)
+    from ..compose.router import Router, add_task_to_registry_router
 
     reg = _registry(registry)
     lb = _base_for(reg, list(tasks), base)
-    router = None if not rebuild else Router(threshold=threshold, max_length=max_length)
-    if router is None:
-        router = load_router(reg) or Router(threshold=threshold, max_length=max_length)
-        if threshold is not None:
-            router.threshold = threshold
+    fresh = Router(threshold=threshold, max_length=max_length) if rebuild else None
     recs = []
     for t in tasks:
-        router, rec = add_task_to_registry_router(reg, t, lb, router=router)
+        # each task extends the latest router read under the lock (the fresh one first with --rebuild)
+        _, rec = add_task_to_registry_router(reg, t, lb, new_router=fresh, threshold=threshold)
+        fresh = None
         log(f"added {t!r}: router version {rec['version']} routes {', '.join(rec['tasks'])}")
         recs.append(rec)
     emit(recs[-1], as_json, lambda r: f"router version {r['version']}: {', '.join(r['tasks'])}")
@@ -337,17 +405,23 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
       adaptreg route eval
       adaptreg route eval --ood digits.csv --threshold 1.5 --json
     """
+    _check_threshold(threshold)
     from ..compose.predict import read_table
-    from ..compose.router import abstention_rate, load_router, routing_report, task_features
+    from ..compose.router import (abstention_rate, load_router, routing_report, served_entries, split_entry,
+                                  task_features)
     from ..errors import NotFoundError
 
     reg = _registry(registry)
     router = load_router(reg, version)
     if router is None:
         raise NotFoundError("no router registered: build one with `adaptreg route add TASK...`")
-    lb = _base_for(reg, router.tasks_, base)
-    feats = {t: task_features(reg, t, lb, router, split)[0] for t in router.tasks_}
-    report = routing_report(router, feats, threshold)
+    served = served_entries(router, {t["task"]: t["served"] for t in _served_versions(reg)})
+    if not served:
+        raise NotFoundError(f"router version {router.registry_version_} routes none of the versions the registry "
+                            "serves; add them with `adaptreg route add TASK...`")
+    lb = _base_for(reg, sorted(set(served.values())), base)
+    feats = {t: task_features(reg, t, lb, router, split, version=split_entry(e)[1])[0] for e, t in served.items()}
+    report = routing_report(router, feats, threshold, entries=served)
     report["version"] = getattr(router, "registry_version_", None)
     report["split"] = split
     if ood_files:
@@ -356,8 +430,16 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
             rows, _ = read_table(f)
             texts = [str(r.get("text", "")) for r in rows]
             report["ood"][f] = {"n": len(texts), "abstained": abstention_rate(
-                router, router.features(lb, texts), threshold)}
+                router, router.features(lb, texts), threshold, entries=served)}
     emit(report, as_json, _route_human)
+
+
+def _served_versions(reg: Any) -> list[dict[str, Any]]:
+    """Each task and the version its default lookup serves (alias production, else the latest ready)."""
+    out = []
+    for row in reg.list_tasks():
+        out.append({"task": row["task"], "served": row["aliases"].get("production", row["latest"])})
+    return out
 
 
 def _route_human(r: dict[str, Any]) -> str:

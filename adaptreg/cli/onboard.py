@@ -64,13 +64,15 @@ def _settings(cls: type, opts: dict[str, Any]) -> Any:
 @click.option("--output", default=None, metavar="DIR", help="Also write the adapter artifact to DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output directory.")
 @click.option("--no-register", is_flag=True, help="Do not register in the registry (needs --output).")
+@click.option("--new-labels", is_flag=True,
+              help="Allow a new version of a registered task to have another label set (refused otherwise).")
 @registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str | None, test_path: str | None,
             drop_empty: bool, max_per_class: int | None, base: str, init_from: str | None, no_probe: bool, no_route: bool,
-            output: str | None, overwrite: bool, no_register: bool, registry: str | None, quiet: bool, as_json: bool,
-            **opts: Any) -> None:
+            output: str | None, overwrite: bool, no_register: bool, new_labels: bool, registry: str | None, quiet: bool,
+            as_json: bool, **opts: Any) -> None:
     """Train a LoRA adapter for TASK on a frozen base, evaluate it beside a linear probe, register it.
 
     \b
@@ -81,13 +83,23 @@ def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str |
     """
     lora = _settings(LoraSettings, opts)
     train = _settings(TrainSettings, opts)
+    # Checks that would otherwise fail after training: selector syntax and the output folder.
+    if init_from is not None:
+        from ..selectors import format_selector, parse_selector
+
+        init_from = format_selector(*parse_selector(init_from, "--init-from"))
+    if output is not None:
+        from .._util import check_output_dir
+
+        check_output_dir(output, "--output", overwrite=overwrite)
     from ..train import onboard as run_onboard
 
     log(f"onboarding {task!r} from {data} on base {base} ({lora.kind}, rank {lora.rank})")
     result = run_onboard(task, data, base=base, lora=lora, train=train, text_col=text_col, label_col=label_col,
                          val=val_path, test=test_path, drop_empty=drop_empty, max_per_class=max_per_class,
                          output=output, overwrite=overwrite, registry=registry, register=not no_register,
-                         init_from=init_from, probe=not no_probe, route=not no_route, progress=not quiet)
+                         init_from=init_from, probe=not no_probe, route=not no_route, progress=not quiet,
+                         new_labels=new_labels)
     emit(result.summary(), as_json, _human)
 
 

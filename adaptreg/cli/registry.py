@@ -225,8 +225,51 @@ def register(group: click.Group) -> None:
           adaptreg compare news sst2 --metric test_macro_f1 --format csv
           adaptreg compare --plot compare.png
         """
+        if plot:
+            from .._util import check_output_file
+
+            check_output_file(plot, "--plot", overwrite=True)  # an existing chart is replaced, as before
         text = _open(registry).compare(list(tasks) or None, metric=metric, fmt="json" if as_json else fmt,
                                        plot=plot, all=show_all)
         click.echo(text)
         if plot:
             log(f"plot written to {plot}")
+
+    @group.command("doctor")
+    @click.option("--repair", is_flag=True, help="Fix what can be fixed (stale registrations, aliases on archived "
+                  "versions, versions missing from the router).")
+    @click.option("--grace", "grace_s", type=click.FloatRange(0), default=3600.0, show_default=True, metavar="SECONDS",
+                  help="A pending registration from another host counts as dead after this long.")
+    @click.option("--base", default=None, help="Base for router repairs (default: the one each version records).")
+    @registry_option
+    @json_option
+    def doctor_cmd(repair: bool, grace_s: float, base: str | None, registry: str | None, as_json: bool) -> None:
+        """Check a registry: files, interrupted registrations, the router, aliases. Exit 1 if damage remains.
+
+        \b
+        Examples:
+          adaptreg doctor
+          adaptreg doctor --repair --json
+        """
+        from ..doctor import check
+
+        report = check(registry, repair=repair, base=base, grace_s=grace_s)
+        emit(report, as_json, _doctor_human)
+        if report["damage"]:
+            raise SystemExit(1)
+
+
+def _doctor_human(r: dict[str, Any]) -> str:
+    lines = []
+    for f in r["findings"]:
+        state = "repaired" if f["repaired"] else ("in progress" if f["kind"] == "in_progress" else "DAMAGE")
+        fix = f"  fix: {f['fix']}" if f["fix"] and not f["repaired"] else ""
+        err = f"  (repair failed: {f['repair_error']})" if f.get("repair_error") else ""
+        lines.append(f"{state:<11} {f['kind']:<18} {f['target']}: {f['detail']}{fix}{err}")
+    if r["damage"]:
+        lines.append(f"{r['registry']}: {r['damage']} problem(s) remain"
+                     + ("" if any(f["repaired"] for f in r["findings"]) else "; `adaptreg doctor --repair` fixes "
+                        "what it can"))
+    else:
+        lines.append(f"{r['registry']}: clean" + (f" ({r['repaired']} repaired)" if r["repaired"] else ""))
+    return "\n".join(lines)

@@ -22,6 +22,7 @@ import copy
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -31,12 +32,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import artifact
-from .._util import atomic_dir, dump_json, seed_everything, sha256_file
+from .._util import atomic_dir, check_output_dir, dump_json, seed_everything, sha256_file
 from .._version import __version__
 from ..base import LoadedBase, load_base, pooled_features
 from ..data.tasks import load_task_from_manifest
 from ..errors import ConfigError, DataError, MergeError
 from ..registry import as_registry as _registry
+from ..selectors import parse_selector
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +123,36 @@ def _resolve_sources(sources: Sequence[str] | dict[str, str | os.PathLike], reg:
     if reg is None:
         raise ConfigError("merging registered tasks needs a registry (or pass {task: adapter_dir})")
     paths, versions = {}, {}
-    for spec in sources:
-        task, _, ver = str(spec).partition("@")
-        if task in paths:
-            raise MergeError(f"task {task!r} is given twice; merge distinct tasks")
-        rec = reg.load(task, version=int(ver) if ver else None, base=base) if base is not None else \
-            reg.lookup(task, version=int(ver) if ver else None)
+    for task, ver in _parse_sources(sources):
+        rec = reg.load(task, version=ver, base=base) if base is not None else reg.lookup(task, version=ver)
         paths[task], versions[task] = str(rec["path"]), rec.get("version")
     return paths, versions
+
+
+def _parse_sources(sources: Sequence[str]) -> list[tuple[str, int | None]]:
+    """``TASK[@VERSION]`` specs as ``(task, version)``; ConfigError on bad syntax, MergeError on a repeat."""
+    parsed: list[tuple[str, int | None]] = []
+    for spec in sources:
+        task, ver = parse_selector(str(spec), "TASK")
+        if task in (t for t, _ in parsed):
+            raise MergeError(f"task {task!r} is given twice; merge distinct tasks")
+        parsed.append((task, ver))
+    return parsed
+
+
+def _check_weights(weights: Sequence[float] | None, n: int) -> list[float] | None:
+    if weights is None:
+        return None
+    try:
+        out = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise ConfigError(f"weights {list(weights)!r}: give one number per adapter, e.g. [0.5, 0.5]") from None
+    bad = [w for w in out if not math.isfinite(w)]
+    if bad:
+        raise ConfigError(f"weights {out}: {bad[0]} is not finite; give finite numbers such as 0.5")
+    if len(out) != n:
+        raise ConfigError(f"{len(out)} weights for {n} adapters; give one weight per adapter")
+    return out
 
 
 def _test_split(task: str, manifest: dict[str, Any], data: Any) -> Any:
@@ -182,6 +206,11 @@ def merge_adapters(
         raise ConfigError(f"density == {density}, must be in (0, 1]")
     if not register and output is None:
         raise ConfigError("nothing would be kept: give an output directory or leave registration on")
+    if not isinstance(sources, dict):
+        _parse_sources(sources)  # syntax first: before the registry is opened
+    weights = _check_weights(weights, len(sources))
+    if output is not None:
+        check_output_dir(output, "output", overwrite=overwrite)
     reg = _registry(registry) if (register or not isinstance(sources, dict)) else None
     lb = base if isinstance(base, LoadedBase) else (load_base(base) if base is not None else None)
     paths, versions = _resolve_sources(sources, reg, lb)
@@ -193,7 +222,6 @@ def merge_adapters(
     n = len(paths)
     if weights is None:
         weights = [1.0] * n if method in ("ties", "dare_ties") else [1.0 / n] * n
-    weights = [float(w) for w in weights]
     if len(weights) != n:
         raise ConfigError(f"{len(weights)} weights for {n} adapters; give one weight per adapter")
 
@@ -386,6 +414,7 @@ def export_merged(adapter_dir: str | os.PathLike, output: str | os.PathLike, *, 
     """
     from peft import PeftModel
 
+    check_output_dir(output, "output", overwrite=overwrite)
     src = Path(adapter_dir)
     manifest = artifact.verify(src)
     lb = base if isinstance(base, LoadedBase) else load_base(base or manifest["base"]["id"])

@@ -32,7 +32,7 @@ from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool
 from ..errors import ConfigError, IntegrityError, NotFoundError
 from ..trunk import _run_layers, _stack, frozen_states, length_batches, pad, pooled, tokenize
-from .router import UNKNOWN, Router
+from .router import UNKNOWN, Router, served_entries
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +120,11 @@ class Predictor:
         from ..registry import as_registry
 
         reg = as_registry(registry)
-        lb = base if isinstance(base, LoadedBase) else load_base(base)
         names = list(tasks) if tasks else _task_names(reg)
-        if not names:
-            raise NotFoundError("the registry has no tasks: onboard one first (`adaptreg onboard TASK --data ...`)")
+        if not names:  # before the base is loaded
+            where = getattr(getattr(reg, "location", None), "display", None) or str(registry)
+            raise NotFoundError(f"no tasks in the registry at {where}: onboard one with `adaptreg onboard`")
+        lb = base if isinstance(base, LoadedBase) else load_base(base)
         paths, versions = {}, {}
         for t in names:
             rec = _resolve(reg, t, alias, lb)
@@ -254,11 +255,14 @@ class Predictor:
     def _route_feats(self, feats: Any, threshold: float | None) -> tuple[list[str], Any]:
         if self.router is None:
             raise ConfigError("this predictor has no router: pass task=... or build one (`adaptreg route add TASK`)")
-        routable = [t for t in self.router.tasks_ if t in self._entries]
+        routable = served_entries(self.router, {t: e.version for t, e in self._entries.items()})
         if not routable:
-            raise ConfigError(f"the router knows tasks {self.router.tasks_}, none of which is loaded ({self.tasks})")
+            raise ConfigError(f"the router knows {self.router.tasks_}, none of which is a loaded task version "
+                              f"({', '.join(f'{t}@{e.version}' for t, e in self._entries.items())}); add them with "
+                              "`adaptreg route add TASK...`")
         thr = self.threshold if threshold is None else threshold
-        return self.router.route(feats, threshold=thr, tasks=routable)
+        routed, scores = self.router.route(feats, threshold=thr, tasks=list(routable))
+        return [routable.get(r, UNKNOWN) for r in routed], scores
 
     # ------------------------------------------------------------------ prediction
     def predict(self, texts: Sequence[str], task: str | Sequence[str] | None = None, batch_size: int = 32,
@@ -306,6 +310,8 @@ class Predictor:
             scores = [float(v) for v in sc]
         else:
             tasks = [task] * len(texts) if isinstance(task, str) else list(task)
+        # an empty or whitespace-only text has no label: 'unknown', whichever way its task was chosen
+        tasks = [UNKNOWN if not texts[i].strip() else t for i, t in enumerate(tasks)]
         t1 = time.perf_counter()
         out: list[dict[str, Any]] = [{"text": texts[i], "task": UNKNOWN, "label": UNKNOWN, "confidence": None,
                                       "route_score": scores[i]} for i in range(len(texts))]

@@ -430,11 +430,16 @@ class Router:
     _cache: Any = None
 
 
-def routing_report(router: Router, features_by_task: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
-    """Routing accuracy on held-out features of every task (abstentions count as errors), per task and overall."""
+def routing_report(router: Router, features_by_task: dict[str, Any], threshold: float | None = None,
+                   entries: dict[str, str] | None = None) -> dict[str, Any]:
+    """Routing accuracy on held-out features of every task (abstentions count as errors), per task and overall.
+
+    ``entries`` (``{router entry: task}``, from :func:`served_entries`) restricts routing to those
+    entries and reports tasks by name; default: every entry, named as in the router.
+    """
     per_task, correct, total, abstained = {}, 0, 0, 0
     for task, x in features_by_task.items():
-        routed, _ = router.route(x, threshold=threshold)
+        routed = _route_as_tasks(router, x, threshold, entries)
         ok = sum(r == task for r in routed)
         unk = sum(r == UNKNOWN for r in routed)
         per_task[task] = {"n": len(routed), "accuracy": ok / len(routed) if routed else None,
@@ -447,9 +452,17 @@ def routing_report(router: Router, features_by_task: dict[str, Any], threshold: 
             "n": total, "threshold": router.threshold_ if threshold is None else threshold, "per_task": per_task}
 
 
-def abstention_rate(router: Router, features: Any, threshold: float | None = None) -> float:
+def _route_as_tasks(router: Router, x: Any, threshold: float | None, entries: dict[str, str] | None) -> list[str]:
+    if entries is None:
+        return router.route(x, threshold=threshold)[0]
+    routed, _ = router.route(x, threshold=threshold, tasks=list(entries))
+    return [entries.get(r, UNKNOWN) for r in routed]
+
+
+def abstention_rate(router: Router, features: Any, threshold: float | None = None,
+                    entries: dict[str, str] | None = None) -> float:
     """Fraction of rows routed ``unknown`` (use on out-of-distribution features)."""
-    routed, _ = router.route(features, threshold=threshold)
+    routed = _route_as_tasks(router, features, threshold, entries)
     return sum(r == UNKNOWN for r in routed) / len(routed) if routed else math.nan
 
 
@@ -463,54 +476,83 @@ def _counts(items: list[str]) -> dict[str, int]:
 # --------------------------------------------------------------------------- registry versions
 
 ROUTER_MODEL = "adaptreg-router"
+ROUTER_EXPERIMENT = "adaptreg-router"  # router runs apart from the adapters' ``adaptreg`` experiment
 ROUTER_PATH = "router"
 _KIND_TAG = "adaptreg.kind"
 _STATUS_TAG = "adaptreg.status"
+_SHA_TAG = "adaptreg.router_json_sha256"
 
+
+def entry_name(task: str, version: int | None) -> str:
+    """The router's name for one registered version of a task: ``task@N`` (task names never hold ``@``)."""
+    return task if version is None else f"{task}@{int(version)}"
+
+
+def split_entry(name: str) -> tuple[str, int | None]:
+    """``task@N`` -> (task, N); a plain name (routers built before versions were kept) -> (name, None)."""
+    task, at, v = name.partition("@")
+    return (task, int(v)) if at and v.isdigit() else (name, None)
+
+
+def served_entries(router: Router, versions: dict[str, int | None]) -> dict[str, str]:
+    """``{router entry: task}`` for the version of each task being served.
+
+    A task routes with the statistics of exactly that version (``task@N``); a router built before
+    versions were kept has plain ``task`` entries, used for whatever version is served. A task
+    whose served version has no entry (and no plain one) is left out: its version was never
+    added to the router (``adaptreg doctor`` reports it, ``adaptreg route add`` adds it).
+    Without a version (adapters given as directories) the task's newest entry serves.
+    """
+    known = list(getattr(router, "tasks_", []) or [])
+    out: dict[str, str] = {}
+    for task, v in versions.items():
+        if v is not None and entry_name(task, v) in known:
+            out[entry_name(task, v)] = task
+        elif task in known:
+            out[task] = task
+        elif v is None:
+            mine = sorted((split_entry(e)[1] or 0, e) for e in known if split_entry(e)[0] == task)
+            if mine:
+                out[mine[-1][1]] = task
+    return out
 
 
 def register_router(registry: Any, router: Router, description: str = "") -> dict[str, Any]:
     """Store ``router`` as the next version of the registered model ``adaptreg-router``.
 
-    Same pattern as adapters: one MLflow run holding the files under ``router/``, one model
-    version pointing at them, tagged ready only after the files are stored. The router model is
-    not tagged ``adaptreg.managed``, so it never shows up as a task.
+    Through the registry's one write path (:meth:`adaptreg.registry.Registry.store_version`):
+    the lock, retries and the ready protocol, with the sha256 of ``router.json`` (which holds the
+    sha256 of ``router.safetensors``) kept as a version tag, so the files are checked against the
+    registry, not only against each other. The router model is not tagged ``adaptreg.managed``,
+    so it never shows up as a task.
     """
     import tempfile
 
-    from ..registry import EXPERIMENT
+    from .._util import sha256_file
 
     router._check_fitted()
     reg = _registry(registry)
-    client = reg.client
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-        EXPERIMENT, artifact_location=reg.location.artifact_root)
-    try:
-        client.get_registered_model(ROUTER_MODEL)
-    except Exception:  # noqa: BLE001 - MLflow raises its own RestException for "not found"
-        client.create_registered_model(ROUTER_MODEL, tags={_KIND_TAG: "router"},
-                                       description="adaptreg task router: a new version each time a task is added")
-    run = client.create_run(exp_id, tags={_KIND_TAG: "router", "mlflow.runName": f"router-{len(router.tasks_)}-tasks"})
-    run_id = run.info.run_id
-    try:
-        client.log_param(run_id, "tasks", ",".join(router.tasks_)[:6000])
-        for k, v in router.get_params().items():
-            client.log_param(run_id, k, str(v))
-        with tempfile.TemporaryDirectory(prefix="adaptreg-router-") as tmp:
-            router.save(tmp)
-            client.log_artifacts(run_id, tmp, ROUTER_PATH)
-        source = run.info.artifact_uri.rstrip("/") + "/" + ROUTER_PATH
-        mv = client.create_model_version(ROUTER_MODEL, source=source, run_id=run_id, await_creation_for=0,
-                                         tags={_KIND_TAG: "router", "adaptreg.tasks": ",".join(router.tasks_)[:4000]},
-                                         description=description or f"routes {len(router.tasks_)} task(s)")
-        client.set_model_version_tag(ROUTER_MODEL, mv.version, _STATUS_TAG, "ready")
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return {"model": ROUTER_MODEL, "version": int(mv.version), "tasks": list(router.tasks_), "run_id": run_id,
-            "source": source}
+    tasks = ",".join(router.tasks_)
+    with tempfile.TemporaryDirectory(prefix="adaptreg-router-") as tmp:
+        router.save(tmp)
+        files = sorted(Path(tmp).iterdir())
+        sha = sha256_file(Path(tmp) / ROUTER_JSON)
+
+        def check(run_id: str, source: str) -> None:
+            local = reg.local_path(source)
+            if local is not None and sha256_file(local / ROUTER_JSON) != sha:
+                raise IntegrityError(f"{local / ROUTER_JSON} differs from the router just saved; register it again")
+
+        version = reg.store_version(
+            model=ROUTER_MODEL, model_tags={_KIND_TAG: "router"},
+            model_description="adaptreg task router: a new version each time a task is added",
+            files=files, artifact_path=ROUTER_PATH, run_name=f"router-{len(router.tasks_)}-entries",
+            run_tags={_KIND_TAG: "router"},
+            params={"tasks": tasks[:6000], **{k: str(v) for k, v in router.get_params().items()}}, metrics=[],
+            version_tags={_KIND_TAG: "router", "adaptreg.tasks": tasks[:4000], _SHA_TAG: sha},
+            description=description or f"routes {len(router.tasks_)} task version(s)", check=check,
+            experiment=ROUTER_EXPERIMENT)
+    return {"model": ROUTER_MODEL, "version": version, "tasks": list(router.tasks_)}
 
 
 def router_versions(registry: Any) -> list[dict[str, Any]]:
@@ -518,6 +560,12 @@ def router_versions(registry: Any) -> list[dict[str, Any]]:
     reg = _registry(registry)
     if reg.location.db_path is not None and not reg.location.db_path.is_file():
         return []
+
+    def row(version: Any, run_id: str, source: str, tags: dict[str, str], created: Any) -> dict[str, Any]:
+        return {"version": int(version), "run_id": run_id, "source": source,
+                "tasks": [t for t in tags.get("adaptreg.tasks", "").split(",") if t],
+                "sha256": tags.get(_SHA_TAG), "created_ms": created}
+
     fast = getattr(reg, "_fast_reader", None)
     if fast is not None:  # a local SQLite registry: read MLflow's tables directly (no `import mlflow`)
         from .._registry_fast import SchemaMismatch
@@ -527,18 +575,15 @@ def router_versions(registry: Any) -> list[dict[str, Any]]:
         except SchemaMismatch:
             raws = None
         if raws is not None:
-            return [{"version": r["version"], "run_id": r["run_id"], "source": r["source"],
-                     "tasks": [t for t in r["tags"].get("adaptreg.tasks", "").split(",") if t],
-                     "created_ms": r["created_ms"]} for r in raws if r["tags"].get(_STATUS_TAG) == "ready"]
+            return [row(r["version"], r["run_id"], r["source"], r["tags"], r["created_ms"])
+                    for r in raws if r["tags"].get(_STATUS_TAG) == "ready"]
     client = reg.client
     out, token = [], None
     while True:
         page = client.search_model_versions(f"name='{ROUTER_MODEL}'", max_results=200, page_token=token)
         for mv in page:
             if (mv.tags or {}).get(_STATUS_TAG) == "ready":
-                out.append({"version": int(mv.version), "run_id": mv.run_id, "source": mv.source,
-                            "tasks": [t for t in (mv.tags or {}).get("adaptreg.tasks", "").split(",") if t],
-                            "created_ms": mv.creation_timestamp})
+                out.append(row(mv.version, mv.run_id, mv.source, dict(mv.tags or {}), mv.creation_timestamp))
         token = getattr(page, "token", None)
         if not token:
             break
@@ -546,9 +591,10 @@ def router_versions(registry: Any) -> list[dict[str, Any]]:
 
 
 def load_router(registry: Any, version: int | None = None) -> Router | None:
-    """The latest (or given) registered router, or None when none was registered."""
+    """The latest (or given) registered router, checked against the registry's sha256; None when none."""
     import tempfile
 
+    from .._util import sha256_file
     from ..errors import NotFoundError
 
     reg = _registry(registry)
@@ -560,25 +606,28 @@ def load_router(registry: Any, version: int | None = None) -> Router | None:
     if not versions:
         return None
     rec = versions[0]
-    local = _local_dir(rec["source"])
+
+    def load(d: Path) -> Router:
+        if rec["sha256"]:
+            if not (d / ROUTER_JSON).is_file():
+                raise IntegrityError(f"router version {rec['version']}: {d / ROUTER_JSON} is missing")
+            if sha256_file(d / ROUTER_JSON) != rec["sha256"]:
+                raise IntegrityError(f"router version {rec['version']}: {d / ROUTER_JSON} failed its sha256 check "
+                                     "against the registry; the router was modified; rebuild it with "
+                                     "`adaptreg route add TASK... --rebuild`")
+        else:
+            logger.warning("router version %d was registered without a checksum in the registry; rebuild it with "
+                           "`adaptreg route add TASK... --rebuild` to get one", rec["version"])
+        return Router.load(d)
+
+    local = reg.local_path(rec["source"])
     if local is not None:
-        router = Router.load(local)
+        router = load(local)
     else:
         with tempfile.TemporaryDirectory(prefix="adaptreg-router-") as tmp:
-            got = reg.client.download_artifacts(rec["run_id"], ROUTER_PATH, tmp)
-            router = Router.load(got)
+            router = load(Path(reg.client.download_artifacts(rec["run_id"], ROUTER_PATH, tmp)))
     router.registry_version_ = rec["version"]
     return router
-
-
-def _local_dir(source: str) -> Path | None:
-    import urllib.parse
-    import urllib.request
-
-    if source.startswith("file:"):
-        p = Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
-        return p if (p / ROUTER_JSON).is_file() else None
-    return None
 
 
 def task_features(registry: Any, task: str, base: Any, router: Router, split: str = "train",
@@ -594,29 +643,41 @@ def task_features(registry: Any, task: str, base: Any, router: Router, split: st
     return router.features(base, part.texts), list(part.y)
 
 
-def add_task_to_registry_router(registry: Any, task: str, base: Any, *, data: Any = None,
-                                router: Router | None = None, featurizer: Any = None) -> tuple[Router, dict[str, Any]]:
-    """Add ``task`` (its training split, from the manifest's data source) to the latest router and
-    register the result as a new router version. A fresh ``Router()`` when none exists yet.
+def add_task_to_registry_router(registry: Any, task: str, base: Any, *, version: int | None = None,
+                                data: Any = None, new_router: Router | None = None, threshold: float | None = None,
+                                featurizer: Any = None) -> tuple[Router, dict[str, Any]]:
+    """Add one registered version of ``task`` (its training split, from the manifest's data
+    source) to the latest router as entry ``task@version``, and register the result as a new
+    router version. Other versions' entries stay, so promoting an older version back routes with
+    its own statistics again without a rebuild.
 
-    On a local registry, reading the latest router, adding the task and registering the result
-    happen under the registry's lock, so two onboardings at once cannot both extend the same
-    version and lose each other's task. The features are computed before taking the lock.
+    ``version``: default, the version lookups serve (alias ``production``, else the latest ready).
+    ``new_router``: start from this (unfitted) router instead of the latest (``--rebuild``).
+    ``threshold``: set the stored abstention threshold.
+    Reading the latest router, adding the entry and registering the result happen under the
+    registry's lock, so two writers cannot both extend the same version and lose an update. The
+    features are computed before taking the lock (again inside only if the router's feature
+    settings changed meanwhile).
     """
     reg = _registry(registry)
+    if version is None:
+        version = int(reg.lookup(task)["version"])
+    entry = entry_name(task, version)
 
     def featurize(r: Router) -> tuple[Any, list[int]]:
         got = featurizer(r) if featurizer is not None else None
-        return got if got is not None else task_features(reg, task, base, r, "train", data=data)
+        return got if got is not None else task_features(reg, task, base, r, "train", version=version, data=data)
 
     def key(r: Router) -> tuple:
         return r.max_length, r.feature_layers, r.truncation
 
-    first = router if router is not None else (load_router(reg) or Router())
+    first = new_router if new_router is not None else (load_router(reg) or Router())
     x, y = featurize(first)
     with reg.locked():
-        current = router if router is not None else (load_router(reg) or Router())
+        current = new_router if new_router is not None else (load_router(reg) or Router())
         if key(current) != key(first):
             x, y = featurize(current)  # rebuilt meanwhile
-        current.add_task(task, x, y, replace=True)  # a new version of a task replaces its statistics
+        if threshold is not None:
+            current.threshold = threshold
+        current.add_task(entry, x, y, replace=True)
         return current, register_router(reg, current)

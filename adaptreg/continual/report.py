@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,68 +192,69 @@ def tracking_location(registry: str | os.PathLike | None) -> tuple[str, str | No
     return loc.uri, loc.artifact_root
 
 
-def log_to_mlflow(result: Any, registry: str | os.PathLike | None = None, experiment: str = "adaptreg-continual",
+def log_to_mlflow(result: Any, registry: Any = None, experiment: str = "adaptreg-continual",
                   report_dir: str | os.PathLike | None = None, run_name: str | None = None) -> str:
     """One parent run (settings, report folder) and a child run per strategy (metrics, curves, R).
 
-    Undefined metrics are not logged as numbers (MLflow has no null); they appear as ``None``
-    in the child run's ``metrics.json`` artifact. Returns the parent run id.
+    Every write goes through the registry's one write path (:meth:`adaptreg.registry.Registry.write`:
+    the local lock and retries), in an experiment of its own. Undefined metrics are not logged
+    as numbers (MLflow has no null); they appear as ``None`` in the child run's ``metrics.json``
+    artifact. Returns the parent run id.
     """
-    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from ..registry import TAG, as_registry
 
     results = result if isinstance(result, dict) else result.to_dict()
-    uri, root = tracking_location(registry)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        art = None if root is None else f"{root.rstrip('/')}/{experiment}"
-        exp_id = client.create_experiment(experiment, artifact_location=art)
-    else:
-        exp_id = exp.experiment_id
-    tags = {"adaptreg.kind": "continual-benchmark", "scenario": results["scenario"], "tasks": ",".join(results["tasks"])}
-    parent = client.create_run(exp_id, run_name=run_name or f"continual-{results['scenario']}", tags=tags)
+    reg = as_registry(registry)
+    client, write = reg.client, reg.write
+    exp_id = reg.experiment_id(experiment)
+    now = int(time.time() * 1000)
+    tags = {"adaptreg.kind": "continual-benchmark", "scenario": results["scenario"], "tasks": ",".join(results["tasks"]),
+            TAG + "pid": str(os.getpid()), TAG + "host": socket.gethostname()}
+    parent = write(client.create_run, exp_id, run_name=run_name or f"continual-{results['scenario']}", tags=tags)
     pid = parent.info.run_id
     try:
         settings = _flat(results.get("settings", {}))
         settings["tasks"] = ",".join(results["tasks"])
         settings["strategies"] = ",".join(results["strategies"])
-        for k, v in list(settings.items())[:200]:
-            client.log_param(pid, k, str(v)[:500])
-        for t, b in zip(results["tasks"], results["probe_baseline"]):
-            if b is not None:
-                client.log_metric(pid, f"probe_acc.{_metric_key(t)}", float(b))
-        client.log_dict(pid, results, "results.json")
+        params = [Param(k, str(v)[:500]) for k, v in list(settings.items())[:200]]
+        metrics = [Metric(f"probe_acc.{_metric_key(t)}", float(b), now, 0)
+                   for t, b in zip(results["tasks"], results["probe_baseline"]) if b is not None]
+        for i in range(0, max(len(params), len(metrics)), 100):
+            write(client.log_batch, pid, metrics=metrics[i:i + 100], params=params[i:i + 100])
+        write(client.log_dict, pid, results, "results.json")
         if report_dir is not None:
-            client.log_artifacts(pid, str(report_dir), "report")
+            write(client.log_artifacts, pid, str(report_dir), "report")
         for s in results["strategies"]:
             m = results["metrics"][s]
-            child = client.create_run(exp_id, run_name=s, tags={**tags, "mlflow.parentRunId": pid, "strategy": s})
+            child = write(client.create_run, exp_id, run_name=s, tags={**tags, "mlflow.parentRunId": pid, "strategy": s})
             cid = child.info.run_id
             try:
-                for k in ("acc", "bwt", "forgetting", "fwt", "probe_gain"):
-                    if m[k] is not None:
-                        client.log_metric(cid, k, float(m[k]))
+                ms = [Metric(k, float(m[k]), now, 0) for k in ("acc", "bwt", "forgetting", "fwt", "probe_gain")
+                      if m[k] is not None]
                 for key in ("acc_curve", "forgetting_curve", "bwt_curve"):
-                    for step, v in enumerate(m[key]):
-                        if v is not None:
-                            client.log_metric(cid, key.replace("_curve", "_after_step"), float(v), step=step)
+                    ms += [Metric(key.replace("_curve", "_after_step"), float(v), now, step)
+                           for step, v in enumerate(m[key]) if v is not None]
                 if results.get("timings", {}).get(s) is not None:
-                    client.log_metric(cid, "seconds", float(results["timings"][s]))
+                    ms.append(Metric("seconds", float(results["timings"][s]), now, 0))
+                for i in range(0, len(ms), 100):
+                    write(client.log_batch, cid, metrics=ms[i:i + 100])
                 R = results["R"][s]
                 table = {"after": results["tasks"][: len(R)]}
                 for j, t in enumerate(results["tasks"]):
                     table[t] = [None if row[j] is None else float(row[j]) for row in R]
-                client.log_table(cid, _table_frame(table), "R.json")
-                client.log_dict(cid, {"tasks": results["tasks"], "R": R, "metrics": m}, "metrics.json")
+                write(client.log_table, cid, _table_frame(table), "R.json")
+                write(client.log_dict, cid, {"tasks": results["tasks"], "R": R, "metrics": m}, "metrics.json")
                 if report_dir is not None and (Path(report_dir) / f"R_{_slug(s)}.png").is_file():
-                    client.log_artifact(cid, str(Path(report_dir) / f"R_{_slug(s)}.png"))
-                client.set_terminated(cid, "FINISHED")
+                    write(client.log_artifact, cid, str(Path(report_dir) / f"R_{_slug(s)}.png"))
+                write(client.set_terminated, cid, "FINISHED")
             except BaseException:
-                client.set_terminated(cid, "FAILED")
+                write(client.set_terminated, cid, "FAILED")
                 raise
-        client.set_terminated(pid, "FINISHED")
+        write(client.set_terminated, pid, "FINISHED")
     except BaseException:
-        client.set_terminated(pid, "FAILED")
+        write(client.set_terminated, pid, "FAILED")
         raise
     return pid
 

@@ -68,6 +68,9 @@ def _decode(data: bytes) -> str:
 
 
 def _csv_rows(text: str, text_col: str, label_col: str, where: str) -> TextRecords:
+    from .._util import raise_csv_field_limit
+
+    raise_csv_field_limit()  # long articles are fields, not malformed CSV
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = {text_col, label_col} - set(reader.fieldnames or [])
     if missing:

@@ -287,13 +287,24 @@ def _class_groups(spec: DatasetSpec, into: int) -> list[list[int]]:
 
 
 def data_home(data_home: str | os.PathLike | None = None) -> Path:
-    """Where datasets live: the argument, else ``$ADAPTREG_DATA``, else ``~/.cache/adaptreg/data``."""
+    """Where datasets live: the argument, else ``$ADAPTREG_DATA``, else ``~/.cache/adaptreg/data``.
+
+    CatalogError when that path, or the nearest existing folder above it, is not a directory.
+    """
     if data_home is not None and str(data_home) != "":
-        return Path(data_home).expanduser()
-    env = os.environ.get(ENV_VAR, "")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.cache/adaptreg/data").expanduser()
+        home = Path(data_home).expanduser()
+    elif os.environ.get(ENV_VAR, ""):
+        home = Path(os.environ[ENV_VAR]).expanduser()
+    else:
+        home = Path("~/.cache/adaptreg/data").expanduser()
+    p = home
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        where = f"data home {home} is" if p == home else f"data home {home}: {p} is"
+        raise CatalogError(f"{where} not a directory; give a directory with --data-home or {ENV_VAR} "
+                           "(it is created if missing)")
+    return home
 
 
 _resolve_home = data_home  # the functions below take a ``data_home`` argument that shadows it

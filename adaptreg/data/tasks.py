@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._util import raise_csv_field_limit
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def read_records(path: str | os.PathLike, what: str = "data file") -> tuple[list
         raise DataError(f"{p}: unknown file type {p.suffix!r}; use .csv, .jsonl or .parquet")
     try:
         if kind == "csv":
+            raise_csv_field_limit()  # the csv module's default stops at 131,072 characters per field
             with open(p, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 records = list(reader)
