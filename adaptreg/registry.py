@@ -785,7 +785,10 @@ class Registry:
             if not p.exists():
                 raise ConfigError(f"extra artifact {p} does not exist")
         manifest_sha = sha256_file(d / artifact.MANIFEST)
-        files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != PLOT_FILE)
+        from .mlflow_model import MODEL_FILES, write_model_files
+
+        files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name != PLOT_FILE and p.name not in MODEL_FILES)
         skipped = sorted(p.name for p in d.iterdir() if p.is_dir())
         if skipped:
             logger.warning("not registering sub-directories of %s: %s", d, ", ".join(skipped))
@@ -820,22 +823,34 @@ class Registry:
         def check(run_id: str, source: str) -> None:
             self._check_stored(run_id, source, files, manifest_sha)
 
-        version = self.store_version(
-            model=task, model_tags={MANAGED_TAG: "true"},
-            model_description=f"adaptreg task {task!r}: one version per registered adapter",
-            files=files, artifact_path=ADAPTER_PATH, run_name=f"{task}-{a.get('kind', 'lora')}-r{a.get('rank', '')}",
-            run_tags=run_tags, params=_params(task, manifest), metrics=_metrics(manifest),
-            version_tags={**_version_tags(manifest, manifest_sha), **(tags or {})}, check=check, log_extras=log_extras,
-            description=f"{task}: {a.get('kind', '?')} rank {a.get('rank', '?')} on "
-                        f"{(manifest.get('base') or {}).get('id', '?')}")
+        b = manifest.get("base") or {}
+        model_dir = Path(tempfile.mkdtemp(prefix="adaptreg-mlmodel-"))
+        try:
+            files += write_model_files(model_dir, kind="adapter", task=task, base_id=b.get("id"),
+                                       base_fingerprint=b.get("fingerprint"), labels=manifest.get("labels"))
+            version = self._store_adapter(task, manifest, manifest_sha, files, run_tags, tags, check, log_extras, a)
+        finally:
+            shutil.rmtree(model_dir, ignore_errors=True)
         raw = _ClientReader(self.client).version(task, version)
         rec = _record(raw)
         rec["path"] = str(self._materialize(rec, local_copy_from=d))
         logger.info("registered %s version %d (%s)", task, version, rec["path"])
         return rec
 
+    def _store_adapter(self, task: str, manifest: dict[str, Any], manifest_sha: str, files: list[Path],
+                       run_tags: dict[str, str], tags: dict[str, str] | None, check: Callable[[str, str], None],
+                       log_extras: Callable[[Any, str], None], a: dict[str, Any]) -> int:
+        return self.store_version(
+            model=task, model_tags={MANAGED_TAG: "true"},
+            model_description=f"adaptreg task {task!r}: one version per registered adapter",
+            files=files, artifact_path=ADAPTER_PATH,
+            run_tags=run_tags, params=_params(task, manifest), metrics=_metrics(manifest),
+            version_tags={**_version_tags(manifest, manifest_sha), **(tags or {})}, check=check, log_extras=log_extras,
+            description=f"{task}: {a.get('kind', '?')} rank {a.get('rank', '?')} on "
+                        f"{(manifest.get('base') or {}).get('id', '?')}")
+
     def store_version(self, *, model: str, model_tags: dict[str, str], model_description: str,
-                      files: list[Path], artifact_path: str, run_name: str, run_tags: dict[str, str],
+                      files: list[Path], artifact_path: str, run_tags: dict[str, str],
                       params: dict[str, str], metrics: list[tuple[str, float, int]], version_tags: dict[str, str],
                       description: str, check: Callable[[str, str], None] | None = None,
                       log_extras: Callable[[Any, str], None] | None = None, experiment: str = EXPERIMENT) -> int:
@@ -843,8 +858,8 @@ class Registry:
 
         One run in ``experiment`` holds ``files`` under ``artifact_path`` with ``params`` and
         ``metrics``; ``check(run_id, source)`` verifies what the store now holds; the version is
-        created ``pending`` and tagged ``ready`` only then; the run ends ``FINISHED`` (``FAILED``
-        and the version ``failed`` on any error). Every MLflow write goes through :meth:`write`
+        created ``pending`` and tagged ``ready`` only then; the run is named ``<model>-v<N>`` and
+        ends ``FINISHED`` (``FAILED`` and the version ``failed`` on any error). Every MLflow write goes through :meth:`write`
         (the local lock, retries of transient failures).
         """
         from mlflow.entities import Metric, Param
@@ -854,7 +869,7 @@ class Registry:
         client = self.client
         exp_id = self.experiment_id(experiment)
         run_tags = {**run_tags, TAG + "pid": str(os.getpid()), TAG + "host": socket.gethostname()}
-        run = self.write(client.create_run, exp_id, tags=run_tags, run_name=run_name)
+        run = self.write(client.create_run, exp_id, tags=run_tags, run_name=f"{model}-pending")
         run_id = run.info.run_id
         version: int | None = None
         ready = False
@@ -882,6 +897,7 @@ class Registry:
             ready = True
             _crash_point("after_ready")
             self.write(client.set_tag, run_id, TAG + "model_version", str(version))
+            self.write(client.update_run, run_id, name=f"{model}-v{version}")
             self.write(client.set_terminated, run_id, "FINISHED")
         except BaseException:
             with contextlib.suppress(Exception):

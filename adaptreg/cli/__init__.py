@@ -16,7 +16,7 @@ from .._version import __version__
 from ..errors import AdaptregError
 
 # Each module defines ``register(group)``. Order = order in --help.
-_COMMAND_MODULES = ["onboard", "data", "registry", "compose", "bench"]
+_COMMAND_MODULES = ["onboard", "data", "registry", "compose", "serve", "bench"]
 
 
 def _debug() -> bool:

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, MutableMapping, Sequence
 
 from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool
@@ -113,10 +113,14 @@ class Predictor:
     registry (``alias`` when set on that task, else its latest version) and the latest registered
     router (``router=None``; pass ``False`` for none, or a :class:`Router`).
     :meth:`from_artifacts` does the same from adapter directories, without a registry.
+    ``branch_cache``: where folded branches are kept, keyed by ``(adapter directory, split)``; a
+    private dict by default. A mapping shared by predictors on the same loaded base (and allowed
+    to evict, e.g. :class:`adaptreg.serve.cache.BranchCache`) lets them fold each adapter once.
     """
 
     def __init__(self, registry: Any = None, base: str | LoadedBase = "minilm", tasks: Sequence[str] | None = None,
-                 alias: str | None = "production", router: Router | bool | None = None, threshold: float | None = None):
+                 alias: str | None = "production", router: Router | bool | None = None, threshold: float | None = None,
+                 *, branch_cache: MutableMapping[Any, list[Any]] | None = None):
         from ..registry import as_registry
 
         reg = as_registry(registry)
@@ -133,20 +137,22 @@ class Predictor:
             from .router import load_router
 
             router = load_router(reg)
-        self._setup(lb, paths, router or None, threshold)
+        self._setup(lb, paths, router or None, threshold, branch_cache)
         for t, v in versions.items():
             self._entries[t].version = v
 
     @classmethod
     def from_artifacts(cls, base: LoadedBase, artifacts: dict[str, str | os.PathLike], router: Router | None = None,
-                       threshold: float | None = None) -> "Predictor":
+                       threshold: float | None = None, *,
+                       branch_cache: MutableMapping[Any, list[Any]] | None = None) -> "Predictor":
         """Build from adapter directories ``{task: dir}`` (verified, base-checked) and an optional router."""
         obj = cls.__new__(cls)
-        obj._setup(base, {t: str(p) for t, p in artifacts.items()}, router, threshold)
+        obj._setup(base, {t: str(p) for t, p in artifacts.items()}, router, threshold, branch_cache)
         return obj
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self, base: LoadedBase, paths: dict[str, str], router: Router | None, threshold: float | None) -> None:
+    def _setup(self, base: LoadedBase, paths: dict[str, str], router: Router | None, threshold: float | None,
+               branch_cache: MutableMapping[Any, list[Any]] | None = None) -> None:
         import torch
 
         if not paths:
@@ -171,7 +177,9 @@ class Predictor:
                 identity=identity, layers=[] if identity else _adapter_layers(path, n))
         touched = [min(e.layers) for e in self._entries.values() if e.layers]
         self.split = min(touched) if touched else n  # the trunk: every layer below all adapters
-        self._branches: dict[str, list[Any]] = {}
+        # folded branches by (adapter directory, split): a private dict, or a mapping shared by several
+        # predictors on this base that may drop entries at any time (``adaptreg serve``'s bounded LRU)
+        self._branches: MutableMapping[Any, list[Any]] = {} if branch_cache is None else branch_cache
         self.last_timing_: dict[str, float] = {}
 
     @property
@@ -182,8 +190,9 @@ class Predictor:
         """The task's layers ``split ..``: frozen originals, or a private copy with its LoRA folded in (built once)."""
         if e.identity:
             return self._layers[self.split:]
-        key = str(Path(e.path).resolve())  # a merged artifact serving several tasks is folded once
-        if key not in self._branches:
+        key = (str(Path(e.path).resolve()), self.split)  # a merged artifact serving several tasks is folded once
+        branch = self._branches.get(key)
+        if branch is None:
             deltas = _lora_deltas(e.path)
             prefix = "encoder.layer."
             branch = [copy.deepcopy(layer) if i in e.layers else layer for i, layer in enumerate(self._layers)][self.split:]
@@ -197,7 +206,7 @@ class Predictor:
             for layer in branch:
                 layer.eval()
             self._branches[key] = branch
-        return self._branches[key]
+        return branch
 
     # ------------------------------------------------------------------ passes
     def _trunk(self, ids: list[list[int]], batch_size: int, collect: Sequence[int] = ()) -> tuple[list[Any], Any]:

@@ -517,14 +517,15 @@ def served_entries(router: Router, versions: dict[str, int | None]) -> dict[str,
     return out
 
 
-def register_router(registry: Any, router: Router, description: str = "") -> dict[str, Any]:
+def register_router(registry: Any, router: Router, description: str = "", base: Any = None) -> dict[str, Any]:
     """Store ``router`` as the next version of the registered model ``adaptreg-router``.
 
     Through the registry's one write path (:meth:`adaptreg.registry.Registry.store_version`):
     the lock, retries and the ready protocol, with the sha256 of ``router.json`` (which holds the
     sha256 of ``router.safetensors``) kept as a version tag, so the files are checked against the
     registry, not only against each other. The router model is not tagged ``adaptreg.managed``,
-    so it never shows up as a task.
+    so it never shows up as a task. ``base`` (a LoadedBase, whose features the router reads) is
+    recorded in the MLmodel file, so the version also loads as an MLflow pyfunc model.
     """
     import tempfile
 
@@ -533,10 +534,14 @@ def register_router(registry: Any, router: Router, description: str = "") -> dic
     router._check_fitted()
     reg = _registry(registry)
     tasks = ",".join(router.tasks_)
+    from ..mlflow_model import write_model_files
+
     with tempfile.TemporaryDirectory(prefix="adaptreg-router-") as tmp:
         router.save(tmp)
-        files = sorted(Path(tmp).iterdir())
         sha = sha256_file(Path(tmp) / ROUTER_JSON)
+        write_model_files(tmp, kind="router", task=None, base_id=getattr(base, "id", None),
+                          base_fingerprint=getattr(base, "fingerprint", None))
+        files = sorted(Path(tmp).iterdir())
 
         def check(run_id: str, source: str) -> None:
             local = reg.local_path(source)
@@ -546,7 +551,7 @@ def register_router(registry: Any, router: Router, description: str = "") -> dic
         version = reg.store_version(
             model=ROUTER_MODEL, model_tags={_KIND_TAG: "router"},
             model_description="adaptreg task router: a new version each time a task is added",
-            files=files, artifact_path=ROUTER_PATH, run_name=f"router-{len(router.tasks_)}-entries",
+            files=files, artifact_path=ROUTER_PATH,
             run_tags={_KIND_TAG: "router"},
             params={"tasks": tasks[:6000], **{k: str(v) for k, v in router.get_params().items()}}, metrics=[],
             version_tags={_KIND_TAG: "router", "adaptreg.tasks": tasks[:4000], _SHA_TAG: sha},
@@ -680,4 +685,4 @@ def add_task_to_registry_router(registry: Any, task: str, base: Any, *, version:
         if threshold is not None:
             current.threshold = threshold
         current.add_task(entry, x, y, replace=True)
-        return current, register_router(reg, current)
+        return current, register_router(reg, current, base=base)

@@ -1,0 +1,101 @@
+"""``adaptreg serve``: the registry's task adapters behind an HTTP JSON API (docs/serving.md)."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import log, registry_option
+
+
+def _help(name: str) -> str:
+    # the help texts live on ServeSettings' fields; importing it loads no heavy library
+    from ..serve.settings import ServeSettings
+
+    return ServeSettings.help(name)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="TCP port to listen on (0: any free port; the URL is printed on stdout).")
+@click.option("--allow-remote", is_flag=True, help=_help("allow_remote"))
+@registry_option
+@click.option("--base", default=None, metavar="SPEC", help=_help("base"))
+@click.option("--tasks", "task_list", default=None, metavar="T1,T2", help=_help("tasks"))
+@click.option("--alias", default="production", show_default=True, help=_help("alias"))
+@click.option("--threshold", type=float, default=None, help=_help("threshold"))
+@click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True, help=_help("max_batch"))
+@click.option("--max-wait-ms", type=click.FloatRange(0, 10_000), default=5.0, show_default=True, help=_help("max_wait_ms"))
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help=_help("batch_size"))
+@click.option("--poll", "poll_s", type=click.FloatRange(0, 86_400), default=2.0, show_default=True, help=_help("poll_s"))
+@click.option("--max-adapters", type=click.IntRange(1), default=16, show_default=True, help=_help("max_adapters"))
+@click.option("--max-aliases", type=click.IntRange(1), default=4, show_default=True, help=_help("max_aliases"))
+@click.option("--max-texts", type=click.IntRange(1), default=1024, show_default=True, help=_help("max_texts"))
+@click.option("--max-queue", type=click.IntRange(1), default=16384, show_default=True, help=_help("max_queue"))
+@click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=16.0, show_default=True,
+              help=_help("max_body_mb"))
+@click.option("--access-log", is_flag=True, help="Log every request on stderr.")
+def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: str | None, task_list: str | None,
+          alias: str, threshold: float | None, max_batch: int, max_wait_ms: float, batch_size: int, poll_s: float,
+          max_adapters: int, max_aliases: int, max_texts: int, max_queue: int, max_body_mb: float,
+          access_log: bool) -> None:
+    """Serve every task in the registry over HTTP: POST /predict, GET /tasks, /healthz, /metrics.
+
+    Loads the base once and each task's version under --alias (else its latest), routes texts
+    with the latest router, batches concurrent requests, and picks up promoted, new and archived
+    versions without a restart (checked every --poll seconds). Listens on 127.0.0.1 unless told
+    otherwise; the API has no authentication. Stop with Ctrl-C.
+
+    \b
+    Examples:
+      adaptreg serve
+      adaptreg serve --port 9000 --alias canary --max-batch 128 --max-wait-ms 10
+      curl -s localhost:8080/predict -d '{"texts": ["Shares fell 3%"]}' -H 'content-type: application/json'
+    """
+    import socket
+
+    from ..cli.compose import _check_threshold, _split
+    from ..errors import ConfigError
+    from ..serve.settings import ServeSettings
+
+    _check_threshold(threshold)
+    settings = ServeSettings(registry=registry, base=base, tasks=_split(task_list, "task"), alias=alias,
+                             threshold=threshold, host=host, port=port, allow_remote=allow_remote, max_batch=max_batch,
+                             max_wait_ms=max_wait_ms, batch_size=batch_size, poll_s=poll_s, max_adapters=max_adapters,
+                             max_aliases=max_aliases, max_texts=max_texts, max_queue=max_queue, max_body_mb=max_body_mb)
+    # bind first: a port in use fails in a second, not after loading the models
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+
+        app = create_app(settings)
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+        snap = app.state.manager.current()
+        log(f"serving {', '.join(f'{t}@{v}' for t, v in snap.versions.items())} on base {app.state.manager.base.id} "
+            f"(alias {alias}, router version {snap.router_version}); Ctrl-C stops")
+        click.echo(f"http://{shown}:{bound[1]}")  # stdout: the one piece of data, for scripts
+        import sys
+
+        sys.stdout.flush()
+        config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
+                                lifespan="on", timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve)
