@@ -787,7 +787,8 @@ def onboard(
     try:
         routing = None
         if route and reg is not None and register:
-            from .compose.router import Router, load_router
+            from .compose.router import Router
+            from .compose.routing import load_router
 
             routing = load_router(reg) or Router()
         trained = train_task(lb, td, lora, train, probe=probe, init=init if init_from else None, progress=progress,
@@ -807,7 +808,7 @@ def onboard(
             p.requires_grad_(False)
     result.base_unchanged = fingerprint(lb.model) == fp_before
     if route and reg is not None and register:
-        from .compose.router import add_task_to_registry_router
+        from .compose.routing import add_task_to_registry_router
 
         logger.info("adding %r to the task router", task)
         def featurizer(r: Any) -> Any:

@@ -306,8 +306,8 @@ def test_route_add_cli_reads_the_router_under_the_lock(world, tmp_path, tmp_path
     """`adaptreg route add` used to load the router before taking the lock and extend that copy:
     a task added by someone else meanwhile was lost. Simulated by adding senti between the CLI's
     start and its write (a registration that lands while the CLI computes features)."""
-    from adaptreg.compose import router as router_mod
-    from adaptreg.compose.router import add_task_to_registry_router, load_router
+    from adaptreg.compose import routing as router_mod
+    from adaptreg.compose.routing import add_task_to_registry_router, load_router
 
     reg = fresh_registry(tmp_path / "reg", tmp_path_factory.getbasetemp())
     for t in ("topic", "senti"):

@@ -327,7 +327,7 @@ def test_fast_path_matches_mlflow_client(reg2, arts):
     reg2.archive("sst2", 1)
     slow = Registry(reg2.location.display, cache_dir=reg2.cache_dir, fast=False)
     assert reg2._fast_reader is not None and slow._fast_reader is None
-    from adaptreg.registry import _ClientReader
+    from adaptreg.registry.store import _ClientReader
 
     fast_r, client_r = reg2._fast_reader, _ClientReader(slow.client)
     assert fast_r.task_names() == client_r.task_names() == ["news", "sst2"]
@@ -459,11 +459,19 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path, arts):
         reg.load("news", version=v["version"])  # every one complete and verified
 
 
+# Fault injection lives here, in the tests: the child process sets the store's hook to SIGKILL
+# itself at one named step of the write path.
+_CRASH = """import os, signal, sys
+from adaptreg.registry import Registry, store
+store.fault_hook = lambda where: os.kill(os.getpid(), signal.SIGKILL) if where == sys.argv[3] else None
+Registry(sys.argv[1]).register(sys.argv[2])
+"""
+
+
 def _crashing_register(location: Path, art: Path, where: str) -> int:
-    code = "import sys\nfrom adaptreg.registry import Registry\nRegistry(sys.argv[1]).register(sys.argv[2])\n"
-    env = {**os.environ, "ADAPTREG_TEST_CRASH_AT": where, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-c", code, str(location), str(art)], env=env, capture_output=True,
-                          timeout=120).returncode
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-c", _CRASH, str(location), str(art), where], env=env,
+                          capture_output=True, timeout=120).returncode
 
 
 def test_killed_registration_leaves_nothing_visible(tmp_path, arts, empty_db):

@@ -267,7 +267,10 @@ def test_four_processes_register_at_once(pg_server, pg_arts, tmp_path):
 
 
 def _register_and_die(url: str, art: str, cache: str) -> None:
-    os.environ["ADAPTREG_TEST_CRASH_AT"] = "after_version"  # register() SIGKILLs this process there
+    from adaptreg.registry import store
+
+    # fault injection from the test: SIGKILL this process once its version exists
+    store.fault_hook = lambda where: os.kill(os.getpid(), signal.SIGKILL) if where == "after_version" else None
     Registry(url, cache_dir=cache).register(art, task="crash")
 
 

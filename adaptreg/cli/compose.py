@@ -373,7 +373,8 @@ def route_add(tasks: tuple[str, ...], rebuild: bool, max_length: int, threshold:
       adaptreg route add news --rebuild --max-length 128
     """
     _check_threshold(threshold)
-    from ..compose.router import Router, add_task_to_registry_router
+    from ..compose.router import Router
+    from ..compose.routing import add_task_to_registry_router
 
     reg = _registry(registry)
     lb = _base_for(reg, list(tasks), base)
@@ -407,8 +408,8 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
     """
     _check_threshold(threshold)
     from ..compose.predict import read_table
-    from ..compose.router import (abstention_rate, load_router, routing_report, served_entries, split_entry,
-                                  task_features)
+    from ..compose.routing import load_router, task_features
+    from ..compose.router import abstention_rate, routing_report, served_entries, split_entry
     from ..errors import NotFoundError
 
     reg = _registry(registry)
@@ -458,7 +459,7 @@ def _route_human(r: dict[str, Any]) -> str:
 @json_option
 def route_show(registry: str | None, as_json: bool) -> None:
     """List router versions (newest first) and the tasks each routes to."""
-    from ..compose.router import router_versions
+    from ..compose.routing import router_versions
 
     rows = router_versions(_registry(registry))
     emit(rows, as_json, lambda rs: table([{**r, "tasks": ",".join(r["tasks"])} for r in rs], ["version", "tasks", "run_id"]))

@@ -251,7 +251,7 @@ def register(group: click.Group) -> None:
           adaptreg doctor
           adaptreg doctor --repair --json
         """
-        from ..doctor import check
+        from ..registry.doctor import check
 
         report = check(registry, repair=repair, base=base, grace_s=grace_s)
         emit(report, as_json, _doctor_human)

@@ -134,7 +134,7 @@ class Predictor:
             rec = _resolve(reg, t, alias, lb)
             paths[t], versions[t] = rec["path"], rec.get("version")
         if router is None:
-            from .router import load_router
+            from .routing import load_router
 
             router = load_router(reg)
         self._setup(lb, paths, router or None, threshold, branch_cache)

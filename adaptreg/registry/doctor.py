@@ -27,8 +27,9 @@ import socket
 import time
 from typing import Any
 
-from .errors import AdaptregError
-from .registry import (ARCHIVED_TAG, EXPERIMENT, FAILED, PENDING, READY, ROUTE_TAG, STATUS_TAG, TAG, Registry,
+from ..errors import AdaptregError
+from .records import ARCHIVED_TAG, EXPERIMENT, FAILED, PENDING, READY, ROUTE_TAG, STATUS_TAG, TAG
+from .api import (Registry,
                        as_registry)
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def check(registry: Any = None, *, repair: bool = False, base: Any = None,
           grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
     """Inspect a registry; with ``repair`` fix what can be fixed. ``base``: a base spec or
     :class:`~adaptreg.base.LoadedBase` for router repairs (default: each task's recorded base)."""
-    from .compose.router import ROUTER_EXPERIMENT, ROUTER_MODEL, load_router, served_entries
+    from ..compose.router import served_entries
+    from ..compose.routing import ROUTER_EXPERIMENT, ROUTER_MODEL, load_router
 
     reg = as_registry(registry)
     reg._require_existing()
@@ -161,8 +163,8 @@ def check(registry: Any = None, *, repair: bool = False, base: Any = None,
     bases: dict[str, Any] = {}
 
     def add_to_router(task: str, version: int, base_id: str | None) -> None:
-        from .base import LoadedBase, load_base
-        from .compose.router import add_task_to_registry_router
+        from ..base import LoadedBase, load_base
+        from ..compose.routing import add_task_to_registry_router
 
         spec = base if base is not None else base_id
         if spec is None:

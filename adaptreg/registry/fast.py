@@ -22,7 +22,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import RegistryError
+from ..errors import RegistryError
 
 WORKSPACE = "default"  # mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME
 DELETED_STAGE = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages
