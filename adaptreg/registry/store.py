@@ -72,9 +72,7 @@ def _import_mlflow() -> Any:
     import mlflow  # noqa: F401 - about two seconds: only writes and remote reads need it
     from mlflow.tracking import MlflowClient
 
-    for name in ("mlflow", "alembic", "sqlalchemy", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient
+    return MlflowClient  # other libraries' log levels are the application's to set (the CLI does)
 
 
 def _error_code(exc: BaseException) -> str:
