@@ -66,6 +66,48 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def base_section(base: Any) -> dict[str, Any]:
+    """The manifest's ``base`` section from a :class:`~adaptreg.base.LoadedBase` (or a copy of a dict)."""
+    if isinstance(base, dict):
+        return dict(base)
+    out = {"id": base.id, "fingerprint": base.fingerprint, "model_type": base.model_type,
+           "hidden_size": base.hidden_size}
+    model = getattr(base, "model", None)
+    if model is not None and hasattr(model, "parameters"):
+        out["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
+    return out
+
+
+def new_manifest(task: str, *, base: Any, labels: list[str], data: dict[str, Any], adapter: dict[str, Any],
+                 training: dict[str, Any], metrics: dict[str, Any], parents: list[dict[str, Any]] | None = None,
+                 **sections: Any) -> dict[str, Any]:
+    """The one builder of an artifact manifest (onboarding, merges and benchmark artifacts alike).
+
+    The common keys (adaptreg version, creation time, base section, library versions, parents)
+    are filled here; ``sections`` adds the producer's own (``selection``, ``history``,
+    ``report``, ``merge``, ``benchmark``...). :func:`write_files_checksums` adds ``files`` and
+    the schema version when the artifact is written.
+    """
+    import datetime as _dt
+
+    from ._version import __version__
+
+    return {
+        "adaptreg_version": __version__,
+        "task": validate_task_name(task) if not sections.get("benchmark") else task,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "base": base_section(base),
+        "data": data,
+        "labels": list(labels),
+        "adapter": adapter,
+        "training": training,
+        "metrics": metrics,
+        "parents": list(parents or []),
+        **sections,
+        "libraries": library_versions(),
+    }
+
+
 def write_files_checksums(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
     """Record the sha256 of every artifact file in the manifest and write manifest.json."""
     d = Path(directory)

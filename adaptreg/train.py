@@ -6,7 +6,6 @@ linear probe) -> adapter artifact (see :mod:`adaptreg.artifact`) -> optionally t
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import math
@@ -18,7 +17,6 @@ from typing import Any
 
 from . import artifact
 from ._util import atomic_dir, seed_everything
-from ._version import __version__
 from .base import LoadedBase, default_targets, fingerprint, load_base, mean_pool, resolve_base
 from .config import LoraSettings, TrainSettings
 from .data.tasks import TaskData, load_task
@@ -279,9 +277,13 @@ class _FGM:
         self.handle = embeddings.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
+        import torch
+
         if self.delta is not None:
             return output + self.delta
-        if module.training and self.epsilon > 0:
+        # a training forward, whatever the module's own mode: with base_dropout off (the default)
+        # the frozen embeddings stay in eval mode, and FGM must still capture their output
+        if torch.is_grad_enabled() and self.epsilon > 0:
             output.requires_grad_(True)
             output.retain_grad()
             self.captured = output
@@ -883,33 +885,24 @@ def _manifest(task, td, lb, lora, train, trained: "TrainedTask", trainable, pare
     from .trunk import num_layers
 
     n_layers = num_layers(lb.model)
-    return {
-        "adaptreg_version": __version__,
-        "task": task,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": {"id": lb.id, "fingerprint": lb.fingerprint, "model_type": lb.model_type, "hidden_size": lb.hidden_size,
-                 "num_parameters": int(n_base)},
-        "data": td.summary(),
-        "labels": td.labels,
-        "adapter": {**lora.to_dict(), "targets": list(lora.targets or default_targets(lb.model_type)),
-                    "layers": list(range(trained.split, n_layers)),
-                    "init_from": None if parent is None else f"{parent['task']}@{parent['version']}"},
-        "selection": {"chosen": chosen, "rule": train.select, "paired": trained.paired,
+    return artifact.new_manifest(
+        task, base=lb, labels=td.labels, data=td.summary(), metrics=metrics,
+        parents=[] if parent is None else [parent],
+        adapter={**lora.to_dict(), "targets": list(lora.targets or default_targets(lb.model_type)),
+                 "layers": list(range(trained.split, n_layers)),
+                 "init_from": None if parent is None else f"{parent['task']}@{parent['version']}"},
+        selection={"chosen": chosen, "rule": train.select, "paired": trained.paired,
                       "candidates": {k: {"val_accuracy": fig(k, "val", "accuracy"), "val_loss": trained.val_loss.get(k)}
                                      for k in ("adapter", "probe") if k in rep},
                       "note": "probe chosen: the adapter is an exact identity (LoRA B = 0) and the head is the "
                               "probe folded into one linear layer" if chosen == "probe" else "adapter chosen"},
-        "training": {**train.to_dict(), "max_length": trained.max_length, "max_length_setting": train.max_length,
-                     "truncation": trained.truncation, "split": trained.split,
-                     "epochs_run": fit_info["epochs_run"], "epochs_planned": fit_info["epochs_planned"],
-                     "best_epoch": fit_info["best_epoch"], "probe_C": trained.probe_C, "pooling": "mean"},
-        "history": fit_info["history"],
-        "metrics": metrics,
-        "report": {"per_class": rep["chosen"]["test"]["per_class"], "confusion_matrix": rep["chosen"]["test"]["confusion_matrix"],
-                   "probe_confusion_matrix": rep["probe"]["test"]["confusion_matrix"] if "probe" in rep else None},
-        "parents": [] if parent is None else [parent],
-        "libraries": artifact.library_versions(),
-    }
+        training={**train.to_dict(), "max_length": trained.max_length, "max_length_setting": train.max_length,
+                  "truncation": trained.truncation, "split": trained.split,
+                  "epochs_run": fit_info["epochs_run"], "epochs_planned": fit_info["epochs_planned"],
+                  "best_epoch": fit_info["best_epoch"], "probe_C": trained.probe_C, "pooling": "mean"},
+        history=fit_info["history"],
+        report={"per_class": rep["chosen"]["test"]["per_class"], "confusion_matrix": rep["chosen"]["test"]["confusion_matrix"],
+                "probe_confusion_matrix": rep["probe"]["test"]["confusion_matrix"] if "probe" in rep else None})
 
 
 def _write(task, manifest, model, labels, output, overwrite, reg, tags=None) -> OnboardResult:

@@ -38,37 +38,89 @@ def toy_tasks(tmp_path) -> list[str]:
     return [str(write_task(tmp_path / f"{name}.csv", classes, seed=k)) for k, (name, classes) in enumerate(TOPICS.items())]
 
 
+def _gem_metrics(R: list[list[float | None]], b: list[float | None]) -> dict[str, float | None]:
+    """ACC, BWT, forgetting, FWT and probe gain written out again from their definitions (GEM;
+    Chaudhry et al.), independently of adaptreg.continual.metrics: undefined terms are skipped."""
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    def sub(a, c):
+        return None if a is None or c is None else a - c
+
+    T = len(R)
+    last = R[T - 1]
+    forget = []
+    for j in range(T - 1):
+        seen = [R[k][j] for k in range(j, T - 1) if R[k][j] is not None]
+        forget.append(max(seen) - last[j] if seen and last[j] is not None else None)
+    return {
+        "acc": mean(last),
+        "bwt": mean([sub(last[j], R[j][j]) for j in range(T - 1)]),
+        "forgetting": mean(forget),
+        "fwt": mean([sub(R[j - 1][j], b[j]) for j in range(1, T)]),
+        "probe_gain": mean([sub(R[j][j], b[j]) for j in range(T)]),
+    }
+
+
 def test_continual_benchmark_end_to_end(tiny_base, toy_tasks, tmp_path):
+    from adaptreg.base import load_base
+    from adaptreg.compose.predict import Predictor
     from adaptreg.config import LoraSettings, TrainSettings
     from adaptreg.continual.benchmark import STRATEGIES, run_continual
     from adaptreg.continual.report import fmt_points, summary_rows
+    from adaptreg.data.tasks import load_task
 
     out = tmp_path / "report"
-    res = run_continual(toy_tasks, base=str(tiny_base), lora=LoraSettings(rank=4, alpha=8),
-                        train=TrainSettings(epochs=1, max_length=16, batch_size=16, lr=5e-3, patience=0),
+    train = TrainSettings(epochs=1, max_length=16, batch_size=16, lr=5e-3, patience=0)
+    res = run_continual(toy_tasks, base=str(tiny_base), lora=LoraSettings(rank=4, alpha=8), train=train,
                         out=out, registry=str(tmp_path / "registry"), mlflow=True)
     T = 3
-    assert res.tasks == ["topics", "media", "mood"]
+    names = ["topics", "media", "mood"]
+    assert res.tasks == names
     assert set(res.R) == set(STRATEGIES)
+    tds = [load_task(p, seed=train.seed) for p in toy_tasks]  # the benchmark's own splits (same seed)
+    n_test = [len(td.test.y) for td in tds]
     for s, R in res.R.items():
         assert len(R) == T and all(len(row) == T for row in R), s
         for i in range(T):
             assert all(R[i][j] is None for j in range(i + 1, T)), s  # not seen yet: undefined
-    for s in ("adaptreg", "oracle", "merged", "seq-lora", "probe"):
-        assert all(0.0 <= v <= 1.0 for i in range(T) for v in res.R[s][i][: i + 1]), s
+            for j in range(i + 1):
+                if R[i][j] is not None:  # an accuracy over task j's test rows: k / n_test
+                    k = R[i][j] * n_test[j]
+                    assert 0 <= R[i][j] <= 1 and abs(k - round(k)) < 1e-6, (s, i, j, R[i][j])
+    for s in ("adaptreg", "oracle", "merged", "seq-lora", "probe"):  # every step measured
+        assert all(res.R[s][i][j] is not None for i in range(T) for j in range(i + 1)), s
     assert res.R["joint"][0] == [None] * T and all(v is not None for v in res.R["joint"][-1])
-    assert res.metrics["joint"]["bwt"] is None and res.metrics["joint"]["acc"] is not None
-    assert res.metrics["probe"]["bwt"] == pytest.approx(0.0) and res.metrics["oracle"]["forgetting"] == pytest.approx(0.0)
-    assert res.probe_baseline == [res.R["probe"][-1][j] for j in range(T)]
+
+    # every metric, recomputed here from R and the probe baseline, for every strategy
+    for s in STRATEGIES:
+        want = _gem_metrics(res.R[s], res.probe_baseline)
+        for key, v in want.items():
+            got = res.metrics[s][key]
+            assert (got is None) == (v is None), (s, key, got, v)
+            if v is not None:
+                assert got == pytest.approx(v, abs=1e-12), (s, key)
+    assert res.metrics["joint"]["bwt"] is None and res.metrics["seq-lora"]["fwt"] is None  # no pre-task entries
+
+    # oracle: each task's own adapter, re-evaluated here through the serving path (Predictor on the
+    # artifact the benchmark wrote), gives the accuracy in R on every row
+    lb = load_base(str(tiny_base))
+    for j, (name, td) in enumerate(zip(names, tds)):
+        rows = Predictor.from_artifacts(lb, {name: str(out / "adapters" / name)}).predict(list(td.test.texts), task=name)
+        acc = sum(r["label"] == td.labels[y] for r, y in zip(rows, td.test.y)) / n_test[j]
+        assert [res.R["oracle"][i][j] for i in range(j, T)] == [pytest.approx(acc, abs=1e-9)] * (T - j), name
+        # adaptreg counts a row right only if it is routed home and then labelled right by that same adapter
+        assert all(res.R["adaptreg"][i][j] <= acc + 1e-9 for i in range(j, T)), name
 
     for f in ("report.md", "results.json", "acc_curve.png", "forgetting_curve.png", *(f"R_{s}.png" for s in STRATEGIES)):
         assert (out / f).is_file(), f
     stored = json.loads((out / "results.json").read_text())
-    assert stored["R"] == res.R
+    assert stored["R"] == res.R and stored["probe_baseline"] == res.probe_baseline
     md = (out / "report.md").read_text()
     for row in summary_rows(stored):  # every number in the table comes from results.json
-        m = stored["metrics"][row["strategy"]]
-        assert row["acc"] == m["acc"]
+        m = _gem_metrics(stored["R"][row["strategy"]], stored["probe_baseline"])
         line = next(line for line in md.splitlines() if line.startswith(f"| {row['strategy']} |"))
         cells = line.split(" | ")
         for k, key in enumerate(("acc", "bwt", "forgetting", "fwt", "probe_gain"), start=1):
@@ -84,8 +136,12 @@ def test_continual_benchmark_end_to_end(tiny_base, toy_tasks, tmp_path):
     runs = client.search_runs([exp.experiment_id])
     children = {r.data.tags.get("strategy"): r for r in runs if r.data.tags.get("mlflow.parentRunId")}
     assert set(children) == set(STRATEGIES)
-    assert children["oracle"].data.metrics["acc"] == pytest.approx(res.metrics["oracle"]["acc"])
-    assert "bwt" not in children["joint"].data.metrics  # undefined is not logged as a number
+    for s, child in children.items():  # each child run logs the recomputed values; undefined ones not at all
+        for key, v in _gem_metrics(res.R[s], res.probe_baseline).items():
+            if v is None:
+                assert key not in child.data.metrics, (s, key)
+            else:
+                assert child.data.metrics[key] == pytest.approx(v, abs=1e-9), (s, key)
 
 
 def test_cli_benchmark_json(tiny_base, toy_tasks, tmp_path):

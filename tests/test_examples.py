@@ -34,10 +34,27 @@ def test_sequential_onboarding(tiny_base, csvs, tmp_path, capsys):
 
 
 def test_version_lookup(tiny_base, csvs, tmp_path, capsys):
+    from adaptreg.registry import Registry
+
     out = _load("version_lookup").main(["--data", csvs[0], "--task", "topics", "--base", str(tiny_base),
                                         "--registry", str(tmp_path / "reg"), "--max-length", "16"])
-    assert out["versions"] == [1, 2] and out["production"] in (1, 2)
-    assert "production -> v" in capsys.readouterr().out
+    assert out["versions"] == [1, 2]
+    # read back independently: v1 is the rank-4 adapter, v2 the rank-8 one, and the alias went to
+    # the better test accuracy of the two (the example promotes lookup(best="test_accuracy"))
+    reg = Registry(str(tmp_path / "reg"))
+    recs = {v: reg.lookup("topics", version=v) for v in (1, 2)}
+    assert [recs[v]["adapter"]["rank"] for v in (1, 2)] == [4, 8]
+    accs = {v: recs[v]["metrics"]["test_accuracy"] for v in (1, 2)}
+    best = max(accs.values())
+    assert accs[out["production"]] == best
+    if accs[1] != accs[2]:
+        assert out["production"] == max(accs, key=accs.get)
+    assert reg.lookup("topics", alias="production")["version"] == out["production"]
+    assert recs[out["production"]]["aliases"] == ["production"] and recs[3 - out["production"]]["aliases"] == []
+    printed = capsys.readouterr().out
+    assert f"production -> v{out['production']} at {recs[out['production']]['path']}" in printed
+    for v, rank in ((1, 4), (2, 8)):
+        assert f"registered topics v{v} (rank {rank}): test accuracy {accs[v]:.4f}" in printed
 
 
 def test_mlflow_comparison(tiny_base, csvs, tmp_path, capsys):

@@ -99,11 +99,110 @@ def test_adapter_kinds(trained, tmp_path, kind):
         assert out.metrics["trainable_params"] == sum(v.numel() for v in weights.values()) - n_a + n_head
 
 
-def test_fgm_and_cosine_schedule_run(trained, tmp_path):
-    res, base, _, _, data = trained
-    out = onboard("toy", str(data), base=base, train=TrainSettings(epochs=2, batch_size=16, max_length=32,
-                  fgm_epsilon=0.5, schedule="cosine"), output=str(tmp_path / "f"), register=False, probe=False, progress=False)
-    assert out.manifest["training"]["fgm_epsilon"] == 0.5 and out.base_unchanged
+def _first_step(model, base, td, settings, caches, monkeypatch):
+    """Run ``fit`` for one optimiser step; return the gradients it stepped with and FGM's perturbation.
+
+    The gradients are read where ``fit`` clips them, just before ``opt.step()``."""
+    import torch
+
+    import adaptreg.train as T
+
+    seen: dict = {}
+    real_perturb = T._FGM.perturb
+
+    def record_grads(params, *a, **k):
+        seen.setdefault("grads", [p.grad.detach().clone() for p in params])
+        return torch.tensor(0.0)
+
+    def record_delta(self):
+        ok = real_perturb(self)
+        seen.setdefault("delta", self.delta.clone() if ok else None)
+        return ok
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record_grads)
+    monkeypatch.setattr(T._FGM, "perturb", record_delta)  # _TrunkFGM inherits it
+    T.fit(model, base.tokenizer, td, settings, progress=False, caches=caches, validate=False, keep_best=False)
+    return seen["grads"], seen.get("delta")
+
+
+@pytest.mark.parametrize("path", ["trunk", "full"])
+def test_fgm_perturbs_the_input_and_changes_the_gradient(trained, monkeypatch, path):
+    """FGM on one batch, against the same batch computed here by hand: the step's gradient is
+    grad L(x) + grad L(x + eps * g / ||g||) with g = dL/dx, x the branch input (trunk path,
+    what onboarding uses) or the embedding output (full path) -- not grad L(x) alone (FGM off),
+    and not 2 x grad L(x) (a perturbation that changed nothing)."""
+    import copy
+
+    import torch
+
+    from adaptreg.data.tasks import load_task
+    from adaptreg.train import TaskModel, _find_embeddings, _load_trainable_state, _trainable_state, build_peft_model
+    from adaptreg.trunk import TrunkCache, split_point
+
+    _, base, _, _, data = trained
+    td = load_task(str(data))
+    n, eps = len(td.train), 0.5
+    # one step over the whole training split; no dropout anywhere, so both runs see the same function
+    settings = dict(epochs=1, batch_size=n, lr=1e-3, max_length=32, grad_clip=1.0, base_dropout=False)
+    split = split_point(base.model, 2) if path == "trunk" else 0
+    torch.manual_seed(0)
+    peft_model = build_peft_model(copy.deepcopy(base.model), base.model_type, LoraSettings(dropout=0.0), split=split)
+    model = TaskModel(peft_model, torch.nn.Linear(base.hidden_size, td.n_labels), split, base_dropout=False)
+    caches = {"train": TrunkCache(base.model, base.tokenizer, td.train.texts, 32, split)} if path == "trunk" else None
+    start = _trainable_state(model)
+
+    off, no_delta = _first_step(model, base, td, TrainSettings(**settings), caches, monkeypatch)
+    _load_trainable_state(model, start)
+    on, delta = _first_step(model, base, td, TrainSettings(**settings, fgm_epsilon=eps), caches, monkeypatch)
+    _load_trainable_state(model, start)
+    assert no_delta is None and delta is not None
+
+    # the same batch by hand (the loss is a mean: the order of rows in fit's batch does not matter)
+    params = list(model.parameters())
+    y = torch.tensor(td.train.y)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    box: dict = {}
+    if path == "trunk":
+        hidden, mask = caches["train"].batch(list(range(n)))
+
+        def forward(d):  # x = the branch input; d = None: mark x for its gradient
+            box.setdefault("x", hidden.clone().requires_grad_(True))
+            return model.from_trunk(box["x"] if d is None else hidden + d, mask)
+    else:
+        batch = base.tokenizer(list(td.train.texts), padding=True, truncation=True, max_length=32, return_tensors="pt")
+
+        def hook(module, inputs, output):  # x = the embedding output
+            if box.get("d") is not None:
+                return output + box["d"]
+            box["x"] = output.detach().requires_grad_(True)
+            return box["x"]
+
+        def forward(d):
+            box["d"] = d
+            return model(batch)
+
+        handle = _find_embeddings(model.peft_model.get_base_model()).register_forward_hook(hook)
+    model.train(True)
+    try:
+        *clean, g = torch.autograd.grad(loss_fn(forward(None), y), params + [box["x"]])
+        want_delta = eps * g / g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1)
+        adv = torch.autograd.grad(loss_fn(forward(want_delta), y), params)
+    finally:
+        if path == "full":
+            handle.remove()
+
+    # FGM's perturbation: eps per example, along the input gradient
+    assert delta.shape == g.shape
+    assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((n,), eps), rtol=1e-4)
+    # FGM off: the step uses grad L(x); on: grad L(x) + grad L(x + delta)
+    for got, c in zip(off, clean):
+        assert torch.allclose(got, c, rtol=1e-4, atol=1e-7)
+    for got, c, a in zip(on, clean, adv):
+        assert torch.allclose(got, c + a, rtol=1e-4, atol=1e-7)
+    # and the perturbed gradient really differs from the clean one (else FGM would just double it)
+    diff = max(float((a - c).abs().max()) for a, c in zip(adv, clean))
+    scale = max(float(c.abs().max()) for c in clean)
+    assert diff > 1e-3 * scale, (diff, scale)
 
 
 def test_early_stopping(trained, tmp_path):

@@ -15,23 +15,18 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient  # needs httpx (the dev extra)
 from test_predict import MAX_LEN, _mixed, fresh_registry, make_adapter, world  # noqa: F401 - world is a fixture
 
 from adaptreg.cli import main
 from adaptreg.compose.predict import Predictor
 from adaptreg.compose.router import UNKNOWN, Router
 from adaptreg.serve import ServeSettings
+from adaptreg.serve.app import create_app
 from adaptreg.serve.cache import BranchCache
-
-fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from adaptreg.serve.app import create_app  # noqa: E402
-
 
 # --------------------------------------------------------------------------- fixtures and helpers
 
@@ -118,7 +113,7 @@ def metric(samples, name, **labels) -> float:
 # --------------------------------------------------------------------------- the API in process
 
 def test_predict_answers_like_the_predictor_with_versions(served):
-    lb, texts, tasks = served["lb"], served["texts"], served["tasks"]
+    lb, texts = served["lb"], served["texts"]
     default = Predictor(served["reg"], base=lb)  # topic@2 (latest), senti@1
     canary = Predictor(served["reg"], base=lb, alias="canary")  # topic@1
     with make_client(served) as client:

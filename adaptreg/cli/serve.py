@@ -53,6 +53,7 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
       curl -s localhost:8080/predict -d '{"texts": ["Shares fell 3%"]}' -H 'content-type: application/json'
     """
     import socket
+    import sys
 
     from ..cli.compose import _check_threshold, _split
     from ..errors import ConfigError
@@ -82,17 +83,20 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
 
         app = create_app(settings)
         bound = sock.getsockname()
-        shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+        url = f"http://{f'[{bound[0]}]' if family == socket.AF_INET6 else bound[0]}:{bound[1]}"
+        sock.listen(2048)  # from here connections wait in the backlog until uvicorn accepts them
         snap = app.state.manager.current()
         log(f"serving {', '.join(f'{t}@{v}' for t, v in snap.versions.items())} on base {app.state.manager.base.id} "
-            f"(alias {alias}, router version {snap.router_version}); Ctrl-C stops")
-        click.echo(f"http://{shown}:{bound[1]}")  # stdout: the one piece of data, for scripts
-        import sys
-
+            f"at {url} (alias {alias}, router version {snap.router_version}); Ctrl-C stops")
+        click.echo(url)  # stdout: the one piece of data, for scripts (useful with --port 0)
         sys.stdout.flush()
         config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
                                 lifespan="on", timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised Ctrl-C: stopping is what was asked
+            pass
+        log("stopped")
     finally:
         sock.close()
 

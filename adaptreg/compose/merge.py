@@ -19,7 +19,6 @@ method but ``svd`` and ``cat``), equal target modules, equal rsLoRA and no DoRA;
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 import logging
 import math
@@ -268,25 +267,18 @@ def merge_adapters(
     parents = [{"task": t, "version": versions[t]} for t in paths]
     rets = [r["retention"] for r in retention.values() if r.get("retention") is not None]
     accs = [r["merged_accuracy"] for r in retention.values() if r.get("merged_accuracy") is not None]
-    manifest = {
-        "adaptreg_version": __version__,
-        "task": name,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": dict(first["base"]),
-        "data": {"source": "merge:" + ",".join(paths), "fingerprint": None, "labels": heads[next(iter(paths))].labels},
-        "labels": heads[next(iter(paths))].labels,
-        "adapter": {"kind": "lora", "rank": int(cfg.r), "alpha": float(cfg.lora_alpha), "dropout": 0.0,
-                    "targets": sorted(_targets({"target_modules": list(cfg.target_modules)})), "rslora": False,
-                    "init_from": None},
-        "training": {"max_length": max_length, "seed": seed, "pooling": "mean",
-                     "truncation": _truncation(first) if len({_truncation(m) for m in manifests.values()}) == 1 else "head"},
-        "metrics": {"retention": retention, "mean_retention": sum(rets) / len(rets) if rets else None,
-                    "test_accuracy": sum(accs) / len(accs) if accs else None},
-        "merge": {"method": method, "weights": weights, "density": float(density) if kw.get("density") else None,
-                  "svd_rank": kw.get("svd_rank"), "sources": list(paths), "heads": {}, "tuning": tuning},
-        "parents": parents,
-        "libraries": artifact.library_versions(),
-    }
+    manifest = artifact.new_manifest(
+        name, base=first["base"], labels=heads[next(iter(paths))].labels, parents=parents,
+        data={"source": "merge:" + ",".join(paths), "fingerprint": None, "labels": heads[next(iter(paths))].labels},
+        adapter={"kind": "lora", "rank": int(cfg.r), "alpha": float(cfg.lora_alpha), "dropout": 0.0,
+                 "targets": sorted(_targets({"target_modules": list(cfg.target_modules)})), "rslora": False,
+                 "init_from": None},
+        training={"max_length": max_length, "seed": seed, "pooling": "mean",
+                  "truncation": _truncation(first) if len({_truncation(m) for m in manifests.values()}) == 1 else "head"},
+        metrics={"retention": retention, "mean_retention": sum(rets) / len(rets) if rets else None,
+                 "test_accuracy": sum(accs) / len(accs) if accs else None},
+        merge={"method": method, "weights": weights, "density": float(density) if kw.get("density") else None,
+               "svd_rank": kw.get("svd_rank"), "sources": list(paths), "heads": {}, "tuning": tuning})
 
     def write_into(d: Path) -> dict[str, Any]:
         model.save_pretrained(str(d), selected_adapters=[merged], safe_serialization=True)

@@ -360,17 +360,13 @@ class ContinualBenchmark:
         base = self.scenario.base
         lora = self.scenario.lora
         out = self.work_dir / "adapters" / name
-        manifest = {
-            "task": name, "benchmark": True, "labels": list(td.labels), "data": td.summary(),
-            "base": {"id": base.id, "fingerprint": base.fingerprint, "model_type": base.model_type,
-                     "hidden_size": base.hidden_size},
-            "adapter": {**lora.to_dict(), "targets": list(lora.targets or default_targets(base.model_type))},
-            "selection": {"chosen": trained.chosen},
-            "training": {**self._settings().to_dict(), "max_length": trained.max_length, "truncation": trained.truncation,
-                         "split": trained.split},
-            "metrics": {"test_accuracy": self.adapter_acc[-1]},
-            "libraries": artifact.library_versions(),
-        }
+        manifest = artifact.new_manifest(
+            name, base=base, labels=list(td.labels), data=td.summary(), benchmark=True,
+            adapter={**lora.to_dict(), "targets": list(lora.targets or default_targets(base.model_type))},
+            selection={"chosen": trained.chosen},
+            training={**self._settings().to_dict(), "max_length": trained.max_length, "truncation": trained.truncation,
+                      "split": trained.split},
+            metrics={"test_accuracy": self.adapter_acc[-1]})
         with atomic_dir(out, overwrite=True) as tmp:
             model.peft_model.save_pretrained(str(tmp), safe_serialization=True)
             artifact.save_head(tmp, model.head, list(td.labels))

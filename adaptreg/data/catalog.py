@@ -20,23 +20,25 @@ Every directory is written through a temporary sibling and renamed when complete
 accepts.
 
 Dataset specs (accepted wherever a data path is): ``NAME`` (the full dataset),
-``NAME@N`` (at most N training examples per class), ``NAME:I/K`` (task I of a K-task
+``NAME@N`` (at most N training examples per class; the test split keeps its share,
+``round(N × test/train)`` per class), ``NAME:I/K`` (task I of a K-task
 class-incremental split, 0-based), combinable as ``NAME:I/K@N``; ``split-NAME/I`` is an alias
 of ``NAME:I/5`` (so ``split-mnist/0`` is classes {0, 1}).
 
-Cleaning: text is stripped; empty texts are dropped; exact duplicates after whitespace
-normalisation are removed (first occurrence kept), and a text that occurs with two different
-labels is dropped altogether. Splits: sources without their own split get a stratified 80/20
-split; membership is decided per class by the sha256 rank of the normalised text (seed 0), so
-it does not depend on file order, numpy version or platform. Fashion-MNIST keeps its own
-60,000/10,000 split and its images are not de-duplicated (duplicates are only counted).
+Cleaning, splitting and capping follow the one data policy of :mod:`adaptreg.data.clean`, the
+same that user files get in :func:`adaptreg.data.tasks.load_task`: text is stripped; empty
+texts are dropped; exact duplicates after whitespace normalisation are removed (first
+occurrence kept), and a text that occurs with two different labels is dropped altogether.
+Splits: sources without their own split get a stratified 80/20 split; membership is decided
+per class by the sha256 rank of the normalised text (seed 0), so it does not depend on file
+order, numpy version or platform. Fashion-MNIST keeps its own 60,000/10,000 split and its
+images are not de-duplicated (duplicates are only counted).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib.util
 import json
 import logging
@@ -53,13 +55,15 @@ from typing import Any, Callable, Iterable
 
 from .._util import atomic_dir, dump_json, sha256_file
 from ..errors import CatalogError, IntegrityError
-from . import _archives
+from . import _archives, clean
+from .clean import cap_indices as _cap_indices
+from .clean import stratified_split
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SEED = 0
-TEST_FRACTION = 0.2
+SEED = clean.SPLIT_SEED
+TEST_FRACTION = clean.TEST_FRACTION
 DEFAULT_TASKS = 5
 ENV_VAR = "ADAPTREG_DATA"
 
@@ -465,74 +469,16 @@ def _verify_archive(path: Path, source: Source) -> str:
 # --------------------------------------------------------------------------- cleaning and splitting
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _rank(salt: str, key: bytes) -> bytes:
-    return hashlib.sha256(salt.encode() + b"\0" + key).digest()
-
-
 def clean_texts(records: Iterable[tuple[str, str]], classes: Iterable[str], where: str = "") -> tuple[list[tuple[str, str]], dict]:
-    """Strip, drop empty texts, drop exact duplicates (whitespace-normalised) and conflicting labels.
+    """Step 1 of the data policy (:func:`adaptreg.data.clean.clean_rows`) with the dataset's classes.
 
+    Strip, drop empty texts, drop exact duplicates (whitespace-normalised) and conflicting labels.
     Returns ``(rows, stats)``; ``stats`` has raw_count, empty_dropped, duplicates_removed and
     conflicting_dropped (texts seen with 2+ labels: every copy is dropped; the later copies are
-    counted as duplicates), so raw_count = count + the three others.
+    counted as duplicates), so raw_count = count + the three others. A label outside
+    ``classes`` is a CatalogError.
     """
-    allowed = set(classes)
-    raw = empty = dups = 0
-    first: dict[str, int] = {}
-    kept: list[tuple[str, str, str]] = []
-    conflicts: set[str] = set()
-    for text, label in records:
-        raw += 1
-        if label not in allowed:
-            raise CatalogError(f"{where}: unexpected label {label!r} (expected one of {sorted(allowed)})")
-        text = text.strip()
-        if not text:
-            empty += 1
-            continue
-        key = _norm(text)
-        j = first.get(key)
-        if j is not None:
-            dups += 1
-            if kept[j][2] != label:
-                conflicts.add(key)
-            continue
-        first[key] = len(kept)
-        kept.append((key, text, label))
-    rows = [(t, lab) for k, t, lab in kept if k not in conflicts]
-    stats = {"raw_count": raw, "empty_dropped": empty, "duplicates_removed": dups,
-             "conflicting_dropped": len(conflicts), "count": len(rows)}
-    return rows, stats
-
-
-def stratified_split(keys: list[bytes], labels: list[Any], test_fraction: float = TEST_FRACTION,
-                     seed: int = SEED) -> tuple[list[int], list[int]]:
-    """Indices ``(train, test)``: per class, the round(fraction * n) items of lowest sha256 rank go to test.
-
-    Both lists come in rank order (a fixed shuffle), so the split depends only on the items.
-    """
-    ranks = [_rank(f"adaptreg-split:{seed}", k) for k in keys]
-    order = sorted(range(len(keys)), key=ranks.__getitem__)
-    by_class: dict[Any, list[int]] = {}
-    for i in order:
-        by_class.setdefault(labels[i], []).append(i)
-    test: set[int] = set()
-    for members in by_class.values():
-        test.update(members[: int(len(members) * test_fraction + 0.5)])
-    return [i for i in order if i not in test], [i for i in order if i in test]
-
-
-def _cap_indices(keys: list[bytes], labels: list[Any], cap: int) -> list[int]:
-    """Indices kept when capping each class at ``cap``: lowest sha256 rank first, so caps nest."""
-    ranks = [_rank("adaptreg-cap", k) for k in keys]
-    by_class: dict[Any, list[int]] = {}
-    for i in sorted(range(len(keys)), key=ranks.__getitem__):
-        by_class.setdefault(labels[i], []).append(i)
-    keep = {i for members in by_class.values() for i in members[:cap]}
-    return [i for i in range(len(keys)) if i in keep]
+    return clean.clean_rows(records, where=where, drop_empty=True, classes=classes, error=CatalogError)
 
 
 def _counts(labels: Iterable[Any], classes: list[str], as_index: bool) -> dict[str, int]:
@@ -581,8 +527,7 @@ def _build_base(spec: DatasetSpec, archive: Path, final: Path) -> None:
     logger.info("reading %s", where)
     if spec.kind == "text":
         rows, stats = clean_texts(spec.reader(archive, src.member), classes, where)
-        train_idx, test_idx = stratified_split([_norm(t).encode() for t, _ in rows], [lab for _, lab in rows])
-        train, test = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
+        train, test = clean.split_test(rows, TEST_FRACTION)
         meta.update(stats)
         meta["split"] = {"method": "stratified by sha256 rank of the normalised text", "seed": SEED,
                          "test_fraction": TEST_FRACTION}
@@ -694,7 +639,7 @@ def _derive(spec: DatasetSpec, ds: DataSpec, base_meta: dict, train, test):
             test = [r for r in test if r[1] in names]
     if ds.cap is not None:
         n_tr, n_te = base_meta["counts"]["train"], base_meta["counts"]["test"]
-        test_cap = max(1, int(ds.cap * n_te / max(n_tr, 1) + 0.5))
+        test_cap = clean.held_out_cap(ds.cap, n_tr, n_te)
         info.update({"max_per_class": ds.cap, "test_max_per_class": test_cap})
         if image:
             i_tr = _cap_indices([r.tobytes() for r in train[0]], list(train[1]), ds.cap)
@@ -702,8 +647,8 @@ def _derive(spec: DatasetSpec, ds: DataSpec, base_meta: dict, train, test):
             train = tuple(a[i_tr] for a in train)
             test = tuple(a[i_te] for a in test)
         else:
-            train = [train[i] for i in _cap_indices([_norm(t).encode() for t, _ in train], [l for _, l in train], ds.cap)]
-            test = [test[i] for i in _cap_indices([_norm(t).encode() for t, _ in test], [l for _, l in test], test_cap)]
+            train = clean.cap_rows(train, ds.cap)
+            test = clean.cap_rows(test, test_cap)
     return train, test, info
 
 

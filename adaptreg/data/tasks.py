@@ -1,8 +1,11 @@
 """Read and validate task files into a TaskData: texts, labels, label map, splits, fingerprint.
 
 Accepted sources: CSV, JSONL (and Parquet where pyarrow is installed), or a catalog name
-(``bbc-news``...) which means that dataset's fixed train/test split. Every problem with the data
-is a one-line :class:`~adaptreg.errors.DataError` that names the file, the row or column, and the fix.
+(``bbc-news``...) which means that dataset's fixed train/test split. Cleaning, splitting and
+capping follow the one data policy of :mod:`adaptreg.data.clean`, the same the catalog applies,
+so the same rows give the same splits and fingerprint as a file or as a catalog dataset. Every
+problem with the data is a one-line :class:`~adaptreg.errors.DataError` that names the file,
+the row or column, and the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from .._util import raise_csv_field_limit
 from ..errors import DataError
+from . import clean
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ class TaskData:
     fingerprint: str
     duplicates_removed: int = 0
     leaks_removed: int = 0
+    empty_dropped: int = 0
+    conflicting_dropped: int = 0
     max_per_class: int | None = None
     text_col: str = "text"
     label_col: str = "label"
@@ -59,11 +65,12 @@ class TaskData:
             "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
             "duplicates_removed": self.duplicates_removed, "test_overlap_removed": self.leaks_removed,
             "max_per_class": self.max_per_class, "text_col": self.text_col, "label_col": self.label_col,
+            "empty_dropped": self.empty_dropped, "conflicting_dropped": self.conflicting_dropped,
+            "policy": clean.POLICY,
         }
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
+_norm = clean.norm  # the duplicate key (kept under this name for older imports)
 
 
 def read_records(path: str | os.PathLike, what: str = "data file") -> tuple[list[dict[str, Any]], list[str]]:
@@ -128,55 +135,18 @@ def read_rows(path: str | os.PathLike, text_col: str, label_col: str | None) -> 
     return rows
 
 
-def _check_rows(rows: list[tuple[str, str | None]], where: str, drop_empty: bool, need_labels: bool = True) -> list[tuple[str, str]]:
-    out = []
-    empty = [i for i, (t, _) in enumerate(rows, 1) if not t.strip()]
-    if empty and not drop_empty:
-        raise DataError(f"{where}: {len(empty)} empty text(s), first at data row {empty[0]}; "
-                        "remove them or pass --drop-empty")
-    nolabel = [i for i, (t, lab) in enumerate(rows, 1) if lab is None and t.strip()]
-    if nolabel and need_labels:
-        raise DataError(f"{where}: {len(nolabel)} row(s) without a label, first at data row {nolabel[0]}; label or remove them")
-    for t, lab in rows:
-        if t.strip():
-            out.append((t, lab))
-    if empty:
-        logger.warning("%s: dropped %d empty text(s)", where, len(empty))
-    if not out:
-        raise DataError(f"{where} has no non-empty texts")
-    return out
-
-
-def _dedup(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
-    seen: set[str] = set()
-    out = []
-    for t, lab in rows:
-        key = _norm(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((t, lab))
-    return out, len(rows) - len(out)
-
-
-def _stratified(rows: list[tuple[str, str]], frac: float, seed: int, what: str, where: str) -> tuple[list, list]:
-    from sklearn.model_selection import train_test_split
-
-    labels = [lab for _, lab in rows]
-    counts: dict[str, int] = {}
-    for lab in labels:
-        counts[lab] = counts.get(lab, 0) + 1
-    n_out = max(1, round(frac * len(rows)))
-    small = sorted((c, lab) for lab, c in counts.items() if c < 2)
-    if small:
-        c, lab = small[0]
-        raise DataError(f"{where}: class {lab!r} has {c} example(s), too few to split off a {what} set; "
-                        f"add examples of it or pass an explicit --{what} file")
-    if n_out < len(counts) or len(rows) - n_out < len(counts):
-        raise DataError(f"{where}: {len(rows)} examples are too few for a stratified {what} split over {len(counts)} classes; "
-                        f"add data or pass an explicit --{what} file")
-    keep, out = train_test_split(rows, test_size=n_out, random_state=seed, stratify=labels)
-    return keep, out
+def _clean_file(path: str | os.PathLike, text_col: str, label_col: str, drop_empty: bool) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Read a file and clean it by the one policy (:func:`adaptreg.data.clean.clean_rows`)."""
+    where = str(path)
+    rows, stats = clean.clean_rows(read_rows(path, text_col, label_col), where=where, drop_empty=drop_empty)
+    if stats["empty_dropped"]:
+        logger.warning("%s: dropped %d empty text(s)", where, stats["empty_dropped"])
+    if stats["conflicting_dropped"]:
+        logger.warning("%s: dropped %d text(s) that occur with two or more labels", where, stats["conflicting_dropped"])
+    if not rows:
+        raise DataError(f"{where}: every text occurs with two or more labels; fix the labels" if stats["conflicting_dropped"]
+                        else f"{where} has no non-empty texts")
+    return rows, stats
 
 
 def _fingerprint(parts: dict[str, list[tuple[str, str]]]) -> str:
@@ -200,52 +170,76 @@ def load_task(
     drop_empty: bool = False,
     max_per_class: int | None = None,
 ) -> TaskData:
-    """Read, validate, de-duplicate and split a task.
+    """Read, validate, clean and split a task by the one data policy (:mod:`adaptreg.data.clean`).
 
-    ``data`` is a file or a catalog name (its fixed train/test files). Without explicit ``val``/
-    ``test`` files, stratified splits with a fixed ``seed`` are drawn (test first, then val from
-    the rest). Texts that also appear in the test split are removed from train/val.
+    ``data`` is a file or a catalog spec (its fixed train/test files; ``max_per_class`` picks
+    the catalog's ``NAME@N`` variant). Each file is cleaned: texts stripped, empty texts
+    refused (or dropped with ``drop_empty``), exact duplicates removed, texts with two labels
+    dropped. Without a ``test`` file, the test split is drawn by sha256 rank (seed 0: it does not
+    depend on ``seed``); ``max_per_class`` then caps the training rows per class and that test
+    split at the same test/train ratio, both by sha256 rank; without a ``val`` file, the
+    validation split is drawn from the (capped) training rows with ``seed``. Given val/test
+    files are kept as given; texts that also occur in them are removed from training.
     """
     source = str(data)
     catalog_split = _catalog_source(source, max_per_class)
     if catalog_split is not None and max_per_class is not None and "@" not in source:
         source = f"{source}@{max_per_class}"  # the catalog's own spec for the capped variant: reloads exactly
+    cap = max_per_class
     if catalog_split is not None:
         train_path, test_path = catalog_split
         if test is None:
-            test = test_path
-        data, text_col, label_col = train_path, "text", "label"
+            test = test_path  # drawn (and capped) by the same policy when the dataset was fetched
+        data, text_col, label_col, cap = train_path, "text", "label", None
     elif not (0 < val_frac < 0.5 and 0 < test_frac < 0.5):
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 0.5)")
+    if cap is not None and cap < 1:
+        raise DataError(f"max_per_class == {cap}, must be >= 1")
 
-    rows = _check_rows(read_rows(data, text_col, label_col), str(data), drop_empty)
-    rows, dups = _dedup(rows)
-    if max_per_class is not None and catalog_split is None:
-        rows = _cap(rows, max_per_class, seed)
+    rows, stats = _clean_file(data, text_col, label_col, drop_empty)
+    dropped = {k: stats[k] for k in ("empty_dropped", "duplicates_removed", "conflicting_dropped")}
     if len({lab for _, lab in rows}) < 2:
         only = rows[0][1]
         raise DataError(f"{data}: every example has label {only!r}; a classifier needs at least 2 classes")
+    test_rows = val_rows = None
+    for name, path in (("test", test), ("val", val)):
+        if path is None:
+            continue
+        part, st = _clean_file(path, text_col, label_col, drop_empty)
+        for k in dropped:
+            dropped[k] += st[k]
+        if name == "test":
+            test_rows = part
+        else:
+            val_rows = part
 
     leaks = 0
-    if test is not None:
-        test_rows, d = _dedup(_check_rows(read_rows(test, text_col, label_col), str(test), drop_empty))
-        dups += d
-        test_keys = {_norm(t) for t, _ in test_rows}
-        before = len(rows)
-        rows = [r for r in rows if _norm(r[0]) not in test_keys]
-        leaks += before - len(rows)
-    else:
-        rows, test_rows = _stratified(rows, test_frac, seed, "test", str(data))
-    if val is not None:
-        val_rows, d = _dedup(_check_rows(read_rows(val, text_col, label_col), str(val), drop_empty))
-        dups += d
-        held = {_norm(t) for t, _ in val_rows} | {_norm(t) for t, _ in test_rows}
+    if test_rows is not None or val_rows is not None:
+        (rows, v, t), n = clean.drop_conflicts_across(rows, val_rows or [], test_rows or [])
+        dropped["conflicting_dropped"] += n
+        val_rows = v if val_rows is not None else None
+        test_rows = t if test_rows is not None else None
+        held = {_norm(x) for x, _ in (val_rows or []) + (test_rows or [])}
         before = len(rows)
         rows = [r for r in rows if _norm(r[0]) not in held]
-        leaks += before - len(rows)
-        val_rows = [r for r in val_rows if _norm(r[0]) not in {_norm(t) for t, _ in test_rows}]
-    else:
-        rows, val_rows = _stratified(rows, val_frac, seed, "val", str(data))
+        leaks = before - len(rows)
+        if val_rows is not None and test_rows is not None:
+            test_keys = {_norm(x) for x, _ in test_rows}
+            val_rows = [r for r in val_rows if _norm(r[0]) not in test_keys]
+        if not rows:
+            raise DataError(f"{data}: no training texts left after removing those that also occur in val/test; add data")
+    if test_rows is None:
+        clean.check_splittable(rows, "test", str(data))
+        rows, test_rows = clean.split_test(rows, test_frac)
+        if not test_rows:
+            raise DataError(f"{data}: {len(rows)} examples are too few for a stratified test split; "
+                            "add data or pass an explicit --test file")
+        if cap is not None:
+            test_rows = clean.cap_rows(test_rows, clean.held_out_cap(cap, len(rows), len(test_rows)))
+    if cap is not None:
+        rows = clean.cap_rows(rows, cap)
+    if val_rows is None:
+        rows, val_rows = clean.split_val(rows, val_frac, seed, str(data))
 
     labels = sorted({lab for _, lab in rows})
     index = {lab: i for i, lab in enumerate(labels)}
@@ -265,27 +259,11 @@ def load_task(
     return TaskData(
         labels=labels, train=split(rows), val=split(val_rows), test=split(test_rows), source=source,
         fingerprint=_fingerprint({"train": rows, "val": val_rows, "test": test_rows}),
-        duplicates_removed=dups, leaks_removed=leaks,
+        duplicates_removed=dropped["duplicates_removed"], leaks_removed=leaks,
+        empty_dropped=dropped["empty_dropped"], conflicting_dropped=dropped["conflicting_dropped"],
         max_per_class=None if catalog_split is not None else max_per_class,
         text_col=text_col, label_col=label_col,
     )
-
-
-def _cap(rows: list[tuple[str, str]], max_per_class: int, seed: int) -> list[tuple[str, str]]:
-    import random
-
-    if max_per_class < 1:
-        raise DataError(f"max_per_class == {max_per_class}, must be >= 1")
-    rng = random.Random(seed)
-    shuffled = rows[:]
-    rng.shuffle(shuffled)
-    counts: dict[str, int] = {}
-    out = []
-    for t, lab in shuffled:
-        if counts.get(lab, 0) < max_per_class:
-            counts[lab] = counts.get(lab, 0) + 1
-            out.append((t, lab))
-    return out
 
 
 def _catalog_source(spec: str, max_per_class: int | None) -> tuple[str, str] | None:
@@ -312,8 +290,12 @@ def load_task_from_manifest(manifest: dict[str, Any], data: Any = None) -> TaskD
         raise DataError(f"{task!r}: its manifest records no data source; pass data={{'{task}': PATH}} to evaluate")
     seed = int((manifest.get("training") or {}).get("seed", 0))
     td = load_task(str(src), seed=seed, text_col=d.get("text_col", "text"), label_col=d.get("label_col", "label"),
-                   max_per_class=d.get("max_per_class"))
+                   max_per_class=d.get("max_per_class"), drop_empty=bool(d.get("empty_dropped")))
     if d.get("fingerprint") and td.fingerprint != d["fingerprint"]:
+        why = "changed file or other columns"
+        if d.get("policy") is None and _catalog_source(str(src), None) is None:
+            why += ("; or split by the rules before adaptreg's one data policy (adaptreg.data.clean): "
+                    "a file's test split no longer depends on the seed and conflicting labels are dropped")
         raise DataError(f"{task!r}: data at {src} no longer matches the fingerprint it was trained on "
-                        "(changed file or other columns); pass data={task: TaskData} to evaluate")
+                        f"({why}); pass data={{{task!r}: TaskData}} to evaluate")
     return td

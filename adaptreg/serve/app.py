@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,11 +45,11 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: list[StrictStr] = Field(description="Texts to classify, one row each, answered in this order.")
-    task: Optional[StrictStr] = Field(None, description="Send every text to this task (no routing). Default: route each text.")
-    alias: Optional[StrictStr] = Field(None, description="Serve each task's version under this alias (else its latest). "
-                                                         "Default: the server's --alias.")
-    threshold: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
-                                       description="Router abstention threshold for this request (> 0; default: the server's).")
+    task: StrictStr | None = Field(None, description="Send every text to this task (no routing). Default: route each text.")
+    alias: StrictStr | None = Field(None, description="Serve each task's version under this alias (else its latest). "
+                                                      "Default: the server's --alias.")
+    threshold: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                    description="Router abstention threshold for this request (> 0; default: the server's).")
 
 
 class _ApiError(Exception):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,7 +40,7 @@ def _num(v: float) -> str:
 class _Metric:
     kind = "untyped"
 
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()):  # noqa: A002 - Prometheus' word
+    def __init__(self, name: str, help: str, labels: Iterable[str] = ()):
         self.name, self.help, self.labelnames = name, help, tuple(labels)
         self._values: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
@@ -83,7 +84,7 @@ class Gauge(Counter):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help: str, buckets: Iterable[float], labels: Iterable[str] = ()):  # noqa: A002
+    def __init__(self, name: str, help: str, buckets: Iterable[float], labels: Iterable[str] = ()):
         super().__init__(name, help, labels)
         self.buckets = tuple(sorted(buckets))
 

@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import AdaptregError, NotFoundError
 from .cache import BranchCache
@@ -150,13 +151,14 @@ class SnapshotManager:
                 return load_base(base_id)
         raise NotFoundError("cannot tell which base to load: pass --base")
 
-    def start(self, watch: bool = True) -> "SnapshotManager":
+    def start(self, watch: bool = True) -> SnapshotManager:
         """Build the default alias's snapshot, and start the watcher unless ``watch`` is False (idempotent)."""
         if self.current() is None:
             snap = self._build(self.settings.alias)
             with self._lock:
                 self._snaps[snap.alias] = snap
-            logger.info("serving %s (router version %s)", _describe(snap.versions), snap.router_version)
+            logger.debug("alias %r: serving %s (router version %s)", snap.alias, _describe(snap.versions),
+                         snap.router_version)
         if watch and self.settings.poll_s > 0 and self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._watch, name="adaptreg-serve-watcher", daemon=True)
@@ -301,8 +303,8 @@ class SnapshotManager:
         while not self._stop.wait(self.settings.poll_s):
             try:
                 self.refresh()
-            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one poll
-                logger.exception("registry poll failed: %s", exc)
+            except Exception as exc:
+                logger.exception("registry poll failed")
                 self.last_error = f"poll: {exc}"
 
 
