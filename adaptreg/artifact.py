@@ -66,6 +66,36 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class VersionNumber(int):
+    """A registered version number, as the CLI prints it. Results used to hold the whole
+    version record in ``.version``; indexing it (``res.version["path"]``) still works for one
+    release, with a DeprecationWarning: use ``.record`` instead."""
+
+    record: dict[str, Any]
+
+    def __new__(cls, record: dict[str, Any]) -> "VersionNumber":
+        obj = super().__new__(cls, int(record["version"]))
+        obj.record = record
+        return obj
+
+    def _old(self) -> dict[str, Any]:
+        import warnings
+
+        warnings.warn("result.version is the version number now; the whole record is result.record",
+                      DeprecationWarning, stacklevel=3)
+        return self.record
+
+    def __getitem__(self, key: str) -> Any:
+        return self._old()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._old().get(key, default)
+
+
+def version_number(record: dict[str, Any] | None) -> "VersionNumber | None":
+    return None if record is None else VersionNumber(record)
+
+
 def base_section(base: Any) -> dict[str, Any]:
     """The manifest's ``base`` section from a :class:`~adaptreg.base.LoadedBase` (or a copy of a dict)."""
     if isinstance(base, dict):

@@ -31,14 +31,20 @@ ADAPTER_NAME = "default"
 
 @dataclass
 class OnboardResult:
-    """What onboarding produced: the manifest (metrics inside), where the artifact is, its registry version."""
+    """What onboarding produced: the manifest (metrics inside), where the artifact is, and its
+    registry entry: ``version`` is the version number (as the CLI prints it), ``record`` the
+    whole version record (None when not registered)."""
 
     task: str
     manifest: dict[str, Any]
     artifact_dir: str | None
-    version: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
     base_unchanged: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> "artifact.VersionNumber | None":
+        return artifact.version_number(self.record)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -48,7 +54,7 @@ class OnboardResult:
         m = self.manifest
         return {
             "task": self.task, "artifact_dir": self.artifact_dir,
-            "version": None if self.version is None else self.version.get("version"),
+            "version": None if self.record is None else int(self.record["version"]),
             "base": m["base"], "base_unchanged": self.base_unchanged, "data": m["data"], "adapter": m["adapter"],
             "training": m["training"], "metrics": m["metrics"], "report": m["report"], "parents": m.get("parents", []),
             "selection": m.get("selection"),
@@ -818,7 +824,7 @@ def onboard(
                 (routing.max_length, routing.feature_layers, routing.truncation)
             return (trained.router_features, list(td.train.y)) if same and trained.router_features is not None else None
 
-        _, router_rec = add_task_to_registry_router(reg, task, lb, version=int(result.version["version"]), data=td,
+        _, router_rec = add_task_to_registry_router(reg, task, lb, version=int(result.version), data=td,
                                                     featurizer=featurizer)
         result.extra["router_version"] = router_rec.get("version")
     result.extra["probe"] = trained.probe

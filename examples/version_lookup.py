@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
         res = onboard(args.task, args.data, base=base, lora=LoraSettings(rank=rank, alpha=2 * rank),
                       train=TrainSettings(epochs=args.epochs, max_length=args.max_length), registry=reg,
                       max_per_class=args.max_per_class, progress=False)
-        versions.append(res.version["version"])
-        print(f"registered {args.task} v{res.version['version']} (rank {rank}): "
+        versions.append(res.version)
+        print(f"registered {args.task} v{res.version} (rank {rank}): "
               f"test accuracy {res.metrics['test_accuracy']:.4f}")
     best = reg.lookup(args.task, best="test_accuracy")
     reg.promote(args.task, best["version"], "production")

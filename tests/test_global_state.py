@@ -9,6 +9,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 
 def test_loading_a_base_restores_transformers_verbosity_and_warning_filters(tiny_base):
     from transformers.utils import logging as tlog
@@ -56,3 +58,13 @@ def test_opening_a_registry_leaves_other_libraries_log_levels(tmp_path):
     before = {n: logging.getLogger(n).level for n in names}
     Registry(tmp_path / "reg").client  # noqa: B018 - creates the tables
     assert {n: logging.getLogger(n).level for n in names} == before
+
+
+def test_result_version_is_the_number_with_a_deprecation_path():
+    from adaptreg.artifact import version_number
+
+    v = version_number({"version": 3, "path": "/x"})
+    assert v == 3 and int(v) == 3 and f"v{v}" == "v3"
+    with pytest.warns(DeprecationWarning, match="result.record"):
+        assert v["path"] == "/x"
+    assert version_number(None) is None

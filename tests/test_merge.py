@@ -75,7 +75,7 @@ def test_merge_registers_with_parents_and_keeps_every_head(world, tmp_path, tmp_
         reg.register(world["ads"][t])
     res = merge_adapters(["topic", "senti@1"], name="combo", method=method, base=world["lb"], registry=reg,
                          data=world["tds"])
-    assert res.version["version"] == 1
+    assert res.version == 1 and res.record["version"] == 1
     rec = reg.load("combo", base=world["lb"])
     assert rec["parents"] == [{"task": "topic", "version": 1}, {"task": "senti", "version": 1}]
     m = rec["manifest"]
@@ -110,13 +110,44 @@ def test_tune_picks_scale_and_density_on_validation_and_builds_that_merge(world,
         assert acc == pytest.approx(best["val_retention"][t] * tuning["source_val_accuracy"][t], abs=1e-9)
 
 
-def test_svd_merge_of_different_ranks(world, tmp_path):
+def _lora_deltas(adapter_dir) -> dict[str, "torch.Tensor"]:
+    """Each adapted module's weight update scaling * B @ A, read from the saved PEFT files."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert not cfg.get("use_rslora") and not cfg.get("use_dora")
+    scaling = cfg["lora_alpha"] / cfg["r"]
+    w = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    return {k[: -len(".lora_A.weight")]: scaling * (w[k.replace("lora_A", "lora_B")] @ w[k])
+            for k in w if k.endswith(".lora_A.weight")}
+
+
+def test_svd_merge_equals_truncated_svd_of_the_weighted_sum(world, tmp_path):
+    """Sources of ranks 4 and 8, default weights 1/2 each, default rank 8: every module's merged
+    update is the best rank-8 approximation of 0.5 * dW_topic + 0.5 * dW_senti, computed here with
+    torch.linalg.svd (and its error is the discarded singular values, Eckart-Young)."""
+    import torch
+
     lb, tds = world["lb"], world["tds"]
-    r8 = make_adapter(lb, "senti", tds["senti"], tmp_path / "r8", rank=8)
-    res = merge_adapters({"topic": world["ads"]["topic"], "senti": r8}, name="svdm", method="svd", base=lb,
+    r8 = make_adapter(lb, "senti", tds["senti"], tmp_path / "r8", rank=8, seed=5)
+    topic = world["ads"]["topic"]
+    res = merge_adapters({"topic": topic, "senti": r8}, name="svdm", method="svd", base=lb,
                          register=False, output=tmp_path / "svd", data=tds)
-    assert json.loads((tmp_path / "svd" / "adapter_config.json").read_text())["r"] == 8
     assert set(res.retention) == {"topic", "senti"}
+    assert res.manifest["merge"]["weights"] == [0.5, 0.5]
+    assert json.loads((tmp_path / "svd" / "adapter_config.json").read_text())["r"] == 8
+
+    src = [_lora_deltas(topic), _lora_deltas(r8)]
+    merged = _lora_deltas(tmp_path / "svd")
+    assert set(merged) == set(src[0]) == set(src[1]) and len(merged) == 8  # query, value x 4 layers
+    for key, got in merged.items():
+        full = 0.5 * src[0][key] + 0.5 * src[1][key]
+        U, S, Vh = torch.linalg.svd(full)
+        want = U[:, :8] @ torch.diag(S[:8]) @ Vh[:8]
+        assert S[8] > 1e-3 * S[0], key  # rank 4 + rank 8 > 8: the truncation is not a no-op
+        assert torch.allclose(got, want, atol=1e-5 * float(S[0]), rtol=1e-4), key
+        err = torch.linalg.norm(full - got)
+        assert float(err) == pytest.approx(float(S[8:].square().sum().sqrt()), rel=1e-3), key
 
 
 def test_export_loads_with_automodel_and_matches_the_adapter(world, tmp_path):

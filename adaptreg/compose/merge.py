@@ -49,15 +49,22 @@ EXPORT_JSON = "adaptreg_export.json"
 
 @dataclass
 class MergeResult:
+    """A merge's manifest, artifact directory and registry entry (``version``: the number,
+    ``record``: the whole version record, None when not registered)."""
+
     name: str
     manifest: dict[str, Any]
     artifact_dir: str | None
-    version: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
     retention: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> "artifact.VersionNumber | None":
+        return artifact.version_number(self.record)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "artifact_dir": self.artifact_dir,
-                "version": None if self.version is None else self.version.get("version"),
+                "version": None if self.record is None else int(self.record["version"]),
                 "parents": self.manifest["parents"], "merge": {k: v for k, v in self.manifest["merge"].items() if k != "heads"},
                 "retention": self.retention}
 
