@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -10,70 +11,99 @@ from ._common import emit, json_option, log, registry_option
 
 STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "joint", "probe")  # = adaptreg.continual.benchmark.STRATEGIES
 
-# The demo trains at the onboarding defaults (epochs and length from each task's size): None = default.
-DEMO = {"tasks": "bbc-news,spam,movie-reviews,tweet-sentiment", "max_per_class": 50, "test_per_class": None, "epochs": None,
-        "max_length": None, "out": "demo-report"}
+@dataclasses.dataclass
+class BenchRun:
+    """One `benchmark continual` run as the command line describes it. The click options read
+    their defaults from here and `demo` fills in only what differs, so no default is written twice.
+    None = onboarding's default (epochs and token length from each task's size, its learning rate)."""
+
+    tasks: str
+    order: str | None = None
+    strategies: str = ",".join(STRATEGIES)
+    base: str = "minilm"
+    max_per_class: int | None = None
+    test_per_class: int | None = None
+    epochs: int | None = None
+    max_length: int | None = None
+    batch_size: int = 16
+    lr: float | None = None
+    rank: int = 8
+    seed: int = 0
+    image_size: int = 64
+    joint_every_step: bool = False
+    out: str | None = "continual-report"
+    registry: str | None = None
+    no_mlflow: bool = False
+    quiet: bool = False
 
 
-def _run(tasks: str, order: str | None, strategies: str, base: str, max_per_class: int | None, test_per_class: int | None,
-         epochs: int | None,
-         max_length: int | None, batch_size: int, lr: float | None, rank: int, seed: int, image_size: int, joint_every_step: bool,
-         out: str | None, registry: str | None, no_mlflow: bool, quiet: bool, as_json: bool) -> None:
-    from ..config import LoraSettings, TrainSettings
-    from ..continual.benchmark import parse_strategies, run_continual
-    from ..continual.report import summary_table
+_D = {f.name: f.default for f in dataclasses.fields(BenchRun)}
+DEMO_TASKS = "bbc-news,spam,movie-reviews,tweet-sentiment"
+DEMO_MAX_PER_CLASS = 50
+DEMO_OUT = "demo-report"
+
+
+def _specs(tasks: str, order: str | None) -> list[str]:
     from ..errors import ConfigError
 
     specs = [t.strip() for t in tasks.split(",") if t.strip()]
-    if order:
-        idx = [int(i) for i in order.split(",")] if all(p.strip().isdigit() for p in order.split(",")) else None
-        if idx is not None:
-            if sorted(idx) != list(range(len(specs))):
-                raise ConfigError(f"--order {order}: give a permutation of 0..{len(specs) - 1}")
-            specs = [specs[i] for i in idx]
-        else:
-            names = [o.strip() for o in order.split(",")]
-            if sorted(names) != sorted(specs):
-                raise ConfigError(f"--order {order}: name each of --tasks once ({', '.join(specs)})")
-            specs = names
-    if out:
+    if not order:
+        return specs
+    if all(p.strip().isdigit() for p in order.split(",")):
+        idx = [int(i) for i in order.split(",")]
+        if sorted(idx) != list(range(len(specs))):
+            raise ConfigError(f"--order {order}: give a permutation of 0..{len(specs) - 1}")
+        return [specs[i] for i in idx]
+    names = [o.strip() for o in order.split(",")]
+    if sorted(names) != sorted(specs):
+        raise ConfigError(f"--order {order}: name each of --tasks once ({', '.join(specs)})")
+    return names
+
+
+def _run(run: BenchRun, as_json: bool) -> None:
+    from ..config import LoraSettings, TrainSettings
+    from ..continual.benchmark import parse_strategies, run_continual
+    from ..continual.report import summary_table
+
+    specs = _specs(run.tasks, run.order)
+    if run.out:
         from .._util import check_output_dir
 
-        check_output_dir(out, "--out", overwrite=None)  # the report folder is written into; checked before any training
-    lora = LoraSettings(rank=rank, alpha=2.0 * rank)
-    given = {"epochs": epochs, "max_length": max_length, "lr": lr}
-    train = TrainSettings(batch_size=batch_size, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    result = run_continual(specs, strategies=parse_strategies(strategies), base=base, lora=lora, train=train,
-                           max_per_class=max_per_class, test_per_class=test_per_class, out=out, registry=registry, mlflow=not no_mlflow,
-                           joint_every_step=joint_every_step, image_size=image_size,
-                           progress=None if quiet else log)
+        check_output_dir(run.out, "--out", overwrite=None)  # the report folder is written into; checked before any training
+    lora = LoraSettings(rank=run.rank, alpha=2.0 * run.rank)
+    given = {"epochs": run.epochs, "max_length": run.max_length, "lr": run.lr}
+    train = TrainSettings(batch_size=run.batch_size, seed=run.seed, **{k: v for k, v in given.items() if v is not None})
+    result = run_continual(specs, strategies=parse_strategies(run.strategies), base=run.base, lora=lora, train=train,
+                           max_per_class=run.max_per_class, test_per_class=run.test_per_class, out=run.out,
+                           registry=run.registry, mlflow=not run.no_mlflow, joint_every_step=run.joint_every_step,
+                           image_size=run.image_size, progress=None if run.quiet else log)
     data = result.to_dict()
     if as_json:
         emit({"tasks": data["tasks"], "scenario": data["scenario"], "summary": result.summary_rows(),
-              "R": data["R"], "probe_baseline": data["probe_baseline"], "report": out,
+              "R": data["R"], "probe_baseline": data["probe_baseline"], "report": run.out,
               "mlflow_run_id": data["extra"].get("mlflow_run_id")}, True)
     else:
         click.echo(summary_table(data, markdown=False))
-        if out:
-            log(f"report: {out}/report.md")
+        if run.out:
+            log(f"report: {run.out}/report.md")
 
 
 def _common_options(f: Any) -> Any:
     opts = [
         click.option("--order", default=None, metavar="I,J,..|NAMES", help="Onboarding order: a permutation of --tasks "
                      "(indices or names). Default: as listed."),
-        click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
+        click.option("--strategies", default=_D["strategies"], show_default=True,
                      help="Comma-separated subset of: " + ", ".join(STRATEGIES) + "."),
-        click.option("--base", default="minilm", show_default=True, help="Text base: 'minilm', a directory or a hub id."),
+        click.option("--base", default=_D["base"], show_default=True, help="Text base: 'minilm', a directory or a hub id."),
         click.option("--epochs", type=int, default=None, help="Epochs per training (every strategy); default: onboarding's "
                      "rule (from each task's size)."),
         click.option("--max-length", type=int, default=None, help="Tokens per text; default: onboarding's rule (each task's "
                      "own length)."),
-        click.option("--batch-size", type=int, default=16, show_default=True, help="Examples per step."),
+        click.option("--batch-size", type=int, default=_D["batch_size"], show_default=True, help="Examples per step."),
         click.option("--lr", type=float, default=None, help="AdamW learning rate; default: onboarding's."),
-        click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank (alpha = 2 x rank)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, init and shuffling."),
-        click.option("--image-size", type=int, default=64, show_default=True, help="Image side in pixels (image scenarios)."),
+        click.option("--rank", type=int, default=_D["rank"], show_default=True, help="LoRA rank (alpha = 2 x rank)."),
+        click.option("--seed", type=int, default=_D["seed"], show_default=True, help="Seed for splits, init and shuffling."),
+        click.option("--image-size", type=int, default=_D["image_size"], show_default=True, help="Image side in pixels (image scenarios)."),
         click.option("--joint-every-step", is_flag=True, help="Train 'joint' after every step (full R; T(T+1)/2 trainings) "
                      "instead of once on all tasks (last row only)."),
         registry_option,
@@ -98,7 +128,7 @@ def benchmark() -> None:
 @click.option("--max-per-class", type=int, default=None, help="Cap training examples per class (test capped alike).")
 @click.option("--test-per-class", type=int, default=None,
               help="Catalog text tasks: test on up to N texts per class of the full test split instead.")
-@click.option("--out", default="continual-report", show_default=True, metavar="DIR",
+@click.option("--out", default=_D["out"], show_default=True, metavar="DIR",
               help="Report folder: report.md, results.json, PNG plots, adapters/.")
 @_common_options
 def continual(tasks: str, max_per_class: int | None, test_per_class: int | None, out: str, **kw: Any) -> None:
@@ -114,12 +144,13 @@ def continual(tasks: str, max_per_class: int | None, test_per_class: int | None,
       adaptreg benchmark continual --tasks a.csv,b.csv --strategies adaptreg,seq-lora --json
       adaptreg benchmark continual --tasks split-mnist --max-per-class 100 --epochs 2
     """
-    _run(tasks, kw.pop("order"), kw.pop("strategies"), kw.pop("base"), max_per_class, test_per_class, out=out, **kw)
+    as_json = kw.pop("as_json")
+    _run(BenchRun(tasks=tasks, max_per_class=max_per_class, test_per_class=test_per_class, out=out, **kw), as_json)
 
 
 @click.command("demo")
-@click.option("--out", default=DEMO["out"], show_default=True, metavar="DIR", help="Report folder.")
-@click.option("--max-per-class", type=int, default=DEMO["max_per_class"], show_default=True,
+@click.option("--out", default=DEMO_OUT, show_default=True, metavar="DIR", help="Report folder.")
+@click.option("--max-per-class", type=int, default=DEMO_MAX_PER_CLASS, show_default=True,
               help="Training examples per class.")
 @registry_option
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
@@ -135,8 +166,8 @@ def demo(out: str, max_per_class: int, registry: str | None, no_mlflow: bool, as
       adaptreg demo
       adaptreg demo --max-per-class 20 --no-mlflow
     """
-    _run(DEMO["tasks"], None, ",".join(STRATEGIES), "minilm", max_per_class, DEMO["test_per_class"], DEMO["epochs"], DEMO["max_length"], 16,
-         None, 8, 0, 64, False, out, registry, no_mlflow, False, as_json)
+    _run(BenchRun(tasks=DEMO_TASKS, max_per_class=max_per_class, out=out, registry=registry, no_mlflow=no_mlflow),
+         as_json)
 
 
 def register(group: click.Group) -> None:
