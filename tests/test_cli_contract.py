@@ -4,7 +4,7 @@
   or adding one without listing it, fails ``test_the_command_set_is_the_documented_one``.
 * Every command that reports takes ``--json`` (exceptions listed with the reason).
 * Bad input -- an unknown option, or a value of the wrong type for a typed option -- exits 2
-  with exactly one ``Error:`` line naming the option, nothing on stdout, and before the
+  with one ``error: ...`` line naming the option, nothing on stdout, and before the
   command's body runs (so before any registry or model is opened: the bodies are replaced by a
   function that fails the test).
 
@@ -84,12 +84,12 @@ def bodies_refused(monkeypatch):
 
 
 def one_error_line(res, *needles: str) -> str:
-    """Exit 2, nothing on stdout, exactly one ``Error:`` line, containing every needle."""
+    """Exit 2, nothing on stdout, one line on stderr (``error: ...``), containing every needle."""
     assert res.exit_code == 2, (res.exit_code, res.output)
     assert res.stdout == "", res.stdout  # stdout stays parseable: nothing half-written there
     assert "Traceback" not in res.output and "unexpected" not in res.output, res.output
-    errors = [ln for ln in res.stderr.splitlines() if ln.lower().startswith("error")]
-    assert len(errors) == 1, res.stderr
+    errors = res.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: "), res.stderr
     for n in needles:
         assert n in errors[0], (n, errors[0])
     return errors[0]
@@ -196,3 +196,13 @@ def test_invalid_value_generator_really_is_invalid():
         bad = invalid_value(param, Path(__file__).parent)
         with pytest.raises(click.BadParameter):
             param.type.convert(bad, param, None)
+
+
+def test_merge_checks_the_new_task_name_before_opening_anything(tmp_path):
+    """'+' is not legal in a task name: refused before the registry is opened or a base loaded
+    (it used to be checked only inside merge_adapters, after the base was loaded)."""
+    res = CliRunner().invoke(main, ["merge", "news", "spam", "--name", "news+spam", "--json",
+                                    "--registry", str(tmp_path / "registry")])
+    line = one_error_line(res, "task name 'news+spam' is invalid")
+    assert line.startswith("error: ")
+    assert not (tmp_path / "registry").exists()

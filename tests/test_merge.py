@@ -110,7 +110,7 @@ def test_tune_picks_scale_and_density_on_validation_and_builds_that_merge(world,
         assert acc == pytest.approx(best["val_retention"][t] * tuning["source_val_accuracy"][t], abs=1e-9)
 
 
-def _lora_deltas(adapter_dir) -> dict[str, "torch.Tensor"]:
+def _lora_deltas(adapter_dir) -> dict:
     """Each adapted module's weight update scaling * B @ A, read from the saved PEFT files."""
     from safetensors.torch import load_file
 

@@ -85,10 +85,13 @@ def test_a_version_without_mlmodel_is_still_served_by_adaptreg(served, tiny_base
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_invocations(served, tmp_path):
+def test_mlflow_models_serve_answers_invocations(served, tmp_path, tiny_base):
     port = _free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served.location.uri, "MLFLOW_REGISTRY_URI": served.location.uri}
+    # `make test` runs .venv/bin/python without activating the venv: mlflow starts `uvicorn` from PATH
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": served.location.uri,
+           "MLFLOW_REGISTRY_URI": served.location.uri}
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/news@production", "--env-manager", "local",
                              "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -108,9 +111,13 @@ def test_mlflow_models_serve_answers_invocations(served, tmp_path):
         assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
         rows = answer["predictions"]
         assert len(rows) == 3 and all(set(r) == {"label", "confidence"} for r in rows)
+        want = Predictor(served, base=str(tiny_base), router=False).predict(TEXTS, task="news")
+        assert [r["label"] for r in rows] == [r["label"] for r in want]  # the same labels as `adaptreg predict`
     finally:
+        import contextlib
         import signal
 
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()

@@ -126,7 +126,7 @@ def _first_step(model, base, td, settings, caches, monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["trunk", "full"])
-def test_fgm_perturbs_the_input_and_changes_the_gradient(trained, monkeypatch, path):
+def test_fgm_perturbs_the_input_and_changes_the_gradient(tiny_base, toy_csv, monkeypatch, path):
     """FGM on one batch, against the same batch computed here by hand: the step's gradient is
     grad L(x) + grad L(x + eps * g / ||g||) with g = dL/dx, x the branch input (trunk path,
     what onboarding uses) or the embedding output (full path) -- not grad L(x) alone (FGM off),
@@ -139,11 +139,11 @@ def test_fgm_perturbs_the_input_and_changes_the_gradient(trained, monkeypatch, p
     from adaptreg.train import TaskModel, _find_embeddings, _load_trainable_state, _trainable_state, build_peft_model
     from adaptreg.trunk import TrunkCache, split_point
 
-    _, base, _, _, data = trained
-    td = load_task(str(data))
+    base = load_base(str(tiny_base))
+    td = load_task(str(toy_csv))
     n, eps = len(td.train), 0.5
     # one step over the whole training split; no dropout anywhere, so both runs see the same function
-    settings = dict(epochs=1, batch_size=n, lr=1e-3, max_length=32, grad_clip=1.0, base_dropout=False)
+    settings = {"epochs": 1, "batch_size": n, "lr": 1e-3, "max_length": 32, "grad_clip": 1.0, "base_dropout": False}
     split = split_point(base.model, 2) if path == "trunk" else 0
     torch.manual_seed(0)
     peft_model = build_peft_model(copy.deepcopy(base.model), base.model_type, LoraSettings(dropout=0.0), split=split)

@@ -24,7 +24,32 @@ def _debug() -> bool:
 
 
 class AdaptregGroup(click.Group):
-    """A click group that turns errors into one line on stderr (tracebacks with ADAPTREG_DEBUG=1)."""
+    """A click group that turns errors into one line on stderr (tracebacks with ADAPTREG_DEBUG=1).
+
+    Usage errors (an unknown option, a bad value) too: click's usual three lines (usage, a hint,
+    the error) become ``error: <what> (see `adaptreg CMD --help`)``, exit status 2.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            ctx = exc.ctx
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("aborted: nothing was written", err=True)
+            sys.exit(1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        # non-standalone click returns the code of an explicit ctx.exit(); commands return None
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:

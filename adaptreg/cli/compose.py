@@ -272,7 +272,7 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
 
     \b
     Examples:
-      adaptreg merge news sentiment --name news+sentiment --method ties --density 0.5
+      adaptreg merge news sentiment --name news-sentiment --method ties --density 0.5
       adaptreg merge news@2 sentiment --name combo --method linear --weights 0.7,0.3 --json
       adaptreg merge news sentiment --name combo --method ties --tune
     """
@@ -281,6 +281,9 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
     from ..errors import ConfigError
 
     # every option is checked before the registry or a model is opened
+    from ..artifact import validate_task_name
+
+    validate_task_name(name)
     names = [t for t, _ in _parse_sources(tasks)]
     w = _parse_weights(weights, len(tasks)) if weights is not None else None
     if not 0.0 < density <= 1.0:
