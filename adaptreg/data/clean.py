@@ -21,6 +21,13 @@ whichever way they arrive:
 4. **Validation split** (:func:`split_val`): stratified, ``round(fraction × n)`` of the (capped)
    training rows, drawn with the run's seed (scikit-learn's ``train_test_split``, kept for
    reproducibility of the registered and documented results).
+
+A source that ships its own train/dev/test split (catalog datasets such as ``clinc150``) is
+cleaned by :func:`clean_parts`: the rules of step 1 over all its parts at once, a text found in
+two parts kept only in the held-out one (test, then dev), the way a training file given with
+its own val/test files is treated. Step 2 is skipped (its test split is kept); a cap (step 3)
+caps the dev split like a drawn test split, at its own dev/train share; step 4 is skipped: the
+dev split is the validation split.
 """
 
 from __future__ import annotations
@@ -64,14 +71,21 @@ def clean_rows(records: Iterable[tuple[str, Any]], *, where: str = "", drop_empt
     One-line ``error`` for: a label outside ``classes`` (when given), empty texts when not
     ``drop_empty``, rows without a label (data rows are numbered from 1).
     """
+    kept, stats = _clean(((None, t, lab) for t, lab in records), where, drop_empty, classes, error)
+    return [(t, lab) for _, t, lab in kept], stats
+
+
+def _clean(records: Iterable[tuple[Any, str, Any]], where: str, drop_empty: bool, classes: Iterable[str] | None,
+           error: type[Exception]) -> tuple[list[tuple[Any, str, str]], dict[str, int]]:
+    """:func:`clean_rows` over ``(tag, text, label)`` records; the kept records keep their tag."""
     allowed = set(classes) if classes is not None else None
     raw = dups = 0
     empty_at: list[int] = []
     unlabelled_at: list[int] = []
     first: dict[str, int] = {}
-    kept: list[tuple[str, str, str]] = []
+    kept: list[tuple[str, Any, str, str]] = []
     conflicts: set[str] = set()
-    for i, (text, label) in enumerate(records, 1):
+    for i, (tag, text, label) in enumerate(records, 1):
         raw += 1
         if allowed is not None and label not in allowed:
             raise error(f"{where}: unexpected label {label!r} (expected one of {sorted(allowed)})")
@@ -86,21 +100,63 @@ def clean_rows(records: Iterable[tuple[str, Any]], *, where: str = "", drop_empt
         j = first.get(k)
         if j is not None:
             dups += 1
-            if kept[j][2] != label:
+            if kept[j][3] != label:
                 conflicts.add(k)
             continue
         first[k] = len(kept)
-        kept.append((k, text, label))
+        kept.append((k, tag, text, label))
     if empty_at and not drop_empty:
         raise error(f"{where}: {len(empty_at)} empty text(s), first at data row {empty_at[0]}; "
                     "remove them or pass --drop-empty")
     if unlabelled_at:
         raise error(f"{where}: {len(unlabelled_at)} row(s) without a label, first at data row {unlabelled_at[0]}; "
                     "label or remove them")
-    rows = [(t, lab) for k, t, lab in kept if k not in conflicts]
+    rows = [(tag, t, lab) for k, tag, t, lab in kept if k not in conflicts]
     stats = {"raw_count": raw, "empty_dropped": len(empty_at), "duplicates_removed": dups,
              "conflicting_dropped": len(conflicts), "count": len(rows)}
     return rows, stats
+
+
+PARTS = ("train", "dev", "test")
+HELD_OUT_FIRST = ("test", "dev", "train")  # which copy of a text found in two parts is kept
+
+
+def clean_parts(records: Iterable[tuple[str, str, Any]], *, where: str = "", classes: Iterable[str] | None = None,
+                error: type[Exception] = DataError,
+                ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, int], dict[str, Any]]:
+    """Step 1 for a source that ships its own split: ``(part, text, label)`` records, part in :data:`PARTS`.
+
+    The same rules as :func:`clean_rows` (and as :func:`adaptreg.data.tasks.load_task` applies to a
+    training file given with its own val/test files), over the parts together: a text seen with
+    two labels anywhere is dropped from every part; a text in two parts stays only in the
+    held-out one (test before dev before train), so training never holds a dev/test text and dev
+    never a test text; within a part the first copy is kept. Empty texts are dropped.
+
+    Returns ``(parts, stats, cross)``: the rows of each part present, in source order; ``stats``
+    as :func:`clean_rows` (``raw_count = count + empty_dropped + duplicates_removed +
+    conflicting_dropped``); ``cross`` per-part raw and kept counts and the copies removed because
+    the text is in a held-out part (``removed_as_in_held_out``, counted in duplicates_removed).
+    """
+    by_part: dict[str, list[tuple[str, Any]]] = {}
+    for part, text, label in records:
+        if part not in PARTS:
+            raise error(f"{where}: unknown split part {part!r} (expected {', '.join(PARTS)})")
+        by_part.setdefault(part, []).append((text, label))
+    order = [p for p in HELD_OUT_FIRST if p in by_part]
+    kept, stats = _clean(((p, t, lab) for p in order for t, lab in by_part[p]), where, True, classes, error)
+    out: dict[str, list[tuple[str, str]]] = {p: [] for p in PARTS if p in by_part}
+    for p, t, lab in kept:
+        out[p].append((t, lab))
+    # copies dropped because an earlier (held-out) part has the text, with the same or another label
+    earlier: set[str] = set()
+    in_held_out = {p: 0 for p in out}
+    for p in order:
+        mine = {norm(t) for t, _ in by_part[p]} - {""}
+        in_held_out[p] = len(mine & earlier)
+        earlier |= mine
+    cross = {"raw": {p: len(by_part[p]) for p in out}, "kept": {p: len(rows) for p, rows in out.items()},
+             "removed_as_in_held_out": {p: n for p, n in in_held_out.items() if p != order[0]}}
+    return out, stats, cross
 
 
 def drop_conflicts_across(*parts: list[tuple[str, str]]) -> tuple[list[list[tuple[str, str]]], int]:
@@ -200,6 +256,6 @@ def split_val(rows: list[tuple[str, str]], fraction: float, seed: int, where: st
 
 
 __all__ = [
-    "POLICY", "SPLIT_SEED", "TEST_FRACTION", "cap_indices", "cap_rows", "check_splittable", "clean_rows",
-    "drop_conflicts_across", "held_out_cap", "key", "norm", "split_test", "split_val", "stratified_split",
+    "HELD_OUT_FIRST", "PARTS", "POLICY", "SPLIT_SEED", "TEST_FRACTION", "cap_indices", "cap_rows", "check_splittable",
+    "clean_parts", "clean_rows", "drop_conflicts_across", "held_out_cap", "key", "norm", "split_test", "split_val", "stratified_split",
 ]

@@ -1,11 +1,12 @@
 """Read and validate task files into a TaskData: texts, labels, label map, splits, fingerprint.
 
 Accepted sources: CSV, JSONL (and Parquet where pyarrow is installed), or a catalog name
-(``bbc-news``...) which means that dataset's fixed train/test split. Cleaning, splitting and
-capping follow the one data policy of :mod:`adaptreg.data.clean`, the same the catalog applies,
-so the same rows give the same splits and fingerprint as a file or as a catalog dataset. Every
-problem with the data is a one-line :class:`~adaptreg.errors.DataError` that names the file,
-the row or column, and the fix.
+(``bbc-news``...) which means that dataset's fixed train/test split (and its own dev split as
+the validation split, for the datasets that ship one, e.g. ``clinc150``). Cleaning, splitting
+and capping follow the one data policy of :mod:`adaptreg.data.clean`, the same the catalog
+applies, so the same rows give the same splits and fingerprint as a file or as a catalog
+dataset. Every problem with the data is a one-line :class:`~adaptreg.errors.DataError` that
+names the file, the row or column, and the fix.
 """
 
 from __future__ import annotations
@@ -172,13 +173,14 @@ def load_task(
 ) -> TaskData:
     """Read, validate, clean and split a task by the one data policy (:mod:`adaptreg.data.clean`).
 
-    ``data`` is a file or a catalog spec (its fixed train/test files; ``max_per_class`` picks
-    the catalog's ``NAME@N`` variant). Each file is cleaned: texts stripped, empty texts
-    refused (or dropped with ``drop_empty``), exact duplicates removed, texts with two labels
-    dropped. Without a ``test`` file, the test split is drawn by sha256 rank (seed 0: it does not
-    depend on ``seed``); ``max_per_class`` then caps the training rows per class and that test
-    split at the same test/train ratio, both by sha256 rank; without a ``val`` file, the
-    validation split is drawn from the (capped) training rows with ``seed``. Given val/test
+    ``data`` is a file or a catalog spec (its fixed train/test files, and its dev file as the
+    validation split when the dataset ships one; ``max_per_class`` picks the catalog's
+    ``NAME@N`` variant). Each file is cleaned: texts stripped, empty texts refused (or dropped
+    with ``drop_empty``), exact duplicates removed, texts with two labels dropped. Without a
+    ``test`` file, the test split is drawn by sha256 rank (seed 0: it does not depend on
+    ``seed``); ``max_per_class`` then caps the training rows per class and that test split at
+    the same test/train ratio, both by sha256 rank; without a ``val`` file, the validation
+    split is drawn from the (capped) training rows with ``seed``. Given val/test
     files are kept as given; texts that also occur in them are removed from training.
     """
     source = str(data)
@@ -187,9 +189,11 @@ def load_task(
         source = f"{source}@{max_per_class}"  # the catalog's own spec for the capped variant: reloads exactly
     cap = max_per_class
     if catalog_split is not None:
-        train_path, test_path = catalog_split
+        train_path, test_path = catalog_split["train"], catalog_split["test"]
         if test is None:
             test = test_path  # drawn (and capped) by the same policy when the dataset was fetched
+        if val is None and "dev" in catalog_split:
+            val = catalog_split["dev"]  # the dataset's own dev split (capped at fetch like test)
         data, text_col, label_col, cap = train_path, "text", "label", None
     elif not (0 < val_frac < 0.5 and 0 < test_frac < 0.5):
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 0.5)")
@@ -266,16 +270,16 @@ def load_task(
     )
 
 
-def _catalog_source(spec: str, max_per_class: int | None) -> tuple[str, str] | None:
-    """(train, test) files when ``spec`` names a catalog dataset rather than a file."""
+def _catalog_source(spec: str, max_per_class: int | None) -> dict[str, str] | None:
+    """The files (train, test, and dev when shipped) when ``spec`` names a catalog dataset rather than a file."""
     if Path(spec).exists() or Path(spec).suffix.lower() in SUFFIXES:
         return None
-    from .catalog import resolve_task_source
+    from .catalog import resolve_task_files
 
-    found = resolve_task_source(spec, max_per_class=max_per_class)
+    found = resolve_task_files(spec, max_per_class=max_per_class)
     if found is None:
         return None
-    return str(found[0]), str(found[1])
+    return {part: str(path) for part, path in found.items()}
 
 
 def load_task_from_manifest(manifest: dict[str, Any], data: Any = None) -> TaskData:
