@@ -173,3 +173,17 @@ def test_router_of_an_older_schema_is_refused_with_the_fix(data, tmp_path):
     (tmp_path / "r" / "router.json").write_text(json.dumps(meta))
     with pytest.raises(IntegrityError, match="route add TASK... --rebuild"):
         Router.load(tmp_path / "r")
+
+
+def test_task_distances_take_each_tasks_nearest_class():
+    """The vectorised per-task minimum equals the minimum over each task's classes, checked by brute force."""
+    rng = np.random.default_rng(3)
+    r = Router(layers=(-1,))
+    for k in range(5):
+        r.add_task(f"t{k}", rng.normal(size=(40, 12)) + k, rng.integers(0, 3 + k % 2, 40))
+    x = rng.normal(size=(30, 12)) + 2
+    w, _ = r._state()
+    d2 = r._d2(r._prep(x), w, r.means_)
+    want = np.stack([d2[:, [i for i, t in enumerate(r.class_tasks_) if t == name]].min(1) for name in r.tasks_], 1)
+    assert np.allclose(r.task_distances(x), want)
+    assert r.task_distances(np.zeros((0, 12))).shape == (0, 5)

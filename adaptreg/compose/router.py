@@ -335,6 +335,13 @@ class Router:
         w, _ = self._state()
         cls_task = self._cache[2]
         d2 = self._d2(x, w, self.means_)
+        if len(x) == 0:
+            return np.full((0, len(self.tasks_)), np.inf)
+        # a task's classes are contiguous (add_task appends them together): one vectorised min per
+        # task instead of a Python loop over tasks, so routing cost grows with classes, not tasks
+        starts = np.flatnonzero(np.r_[True, cls_task[1:] != cls_task[:-1]])
+        if len(starts) == len(self.tasks_) and (cls_task[starts] == np.arange(len(self.tasks_))).all():
+            return np.minimum.reduceat(d2, starts, axis=1)
         out = np.full((len(x), len(self.tasks_)), np.inf)
         for i in range(len(self.tasks_)):
             out[:, i] = d2[:, cls_task == i].min(1)
