@@ -154,8 +154,15 @@ def test_bad_requests_get_one_line_json_errors(served):
         ({"texts": ["a"], "alias": "nightly"}, 404, "no served task has alias 'nightly' (aliases: canary)"),
         ({"texts": ["a"], "alias": "v2"}, 422, "invalid alias"),
         ([1, 2], 422, "JSON object"),
+        ("texts", 422, "JSON object"),
+        ({"texts": None}, 422, "texts"),
+        ({"texts": [["a"]]}, 422, "texts.0"),
+        ({"texts": ["a"], "task": 3}, 422, "task"),
+        ({"texts": ["a"], "alias": ["production"]}, 422, "alias"),
+        ({"texts": ["a"], "threshold": "high"}, 422, "threshold"),
+        ({"texts": ["a", "x" * 41]}, 422, "texts.1 has 41 characters, more than the limit of 40 per text (--max-chars)"),
     ]
-    with make_client(served, max_texts=5) as client:
+    with make_client(served, max_texts=5, max_chars=40) as client:
         for body, status, needle in cases:
             res = client.post("/predict", json=body)
             assert res.status_code == status, (body, res.text)
@@ -170,6 +177,9 @@ def test_bad_requests_get_one_line_json_errors(served):
         assert res.status_code == 404 and list(res.json()) == ["error"]
         res = client.get("/predict")
         assert res.status_code == 405 and list(res.json()) == ["error"]
+        # the worker survived every one of them; a text of exactly --max-chars is accepted
+        res = client.post("/predict", json={"texts": ["x" * 40, "a"], "task": "senti"})
+        assert res.status_code == 200 and len(res.json()["predictions"]) == 2, res.text
     with make_client(served, max_body_mb=0.001) as client:
         res = client.post("/predict", json={"texts": ["x" * 2000]})
         assert res.status_code == 413 and "--max-body-mb" in res.json()["error"]
@@ -275,6 +285,76 @@ def test_adapter_cache_is_bounded_and_evicts_least_recent(served):
             [(r["label"], round(r["confidence"], 5)) for r in first]
 
 
+def test_pinned_production_branches_survive_other_aliases(served, tmp_path):
+    """--max-adapters 2 with production serving 2 branches: a canary request folds topic@1, which
+    is evicted at once rather than a production branch; pinned ones alone over the limit go LRU."""
+    cache = BranchCache(3)
+    cache.pin({"p1", "p2"})
+    for k in ("p1", "a", "p2", "b", "c"):
+        cache[k] = [k]
+    assert list(cache) == ["p1", "p2", "c"] and cache.stats()["pinned_loaded"] == 2
+    cache.pin({"p1", "p2", "c", "d"})  # every entry pinned and one more: the least recently used pinned goes
+    cache["d"] = ["d"]
+    assert list(cache) == ["p2", "c", "d"] and len(cache) == cache.max_items
+    texts = served["texts"][:4]
+    reg = registry_copy(served, tmp_path)
+    with make_client(served, reg=reg, max_adapters=2) as client:
+        manager = client.app.state.manager
+        production = set(cache_keys(manager.current()))
+        assert len(production) == 2 and manager.cache.pinned == production and set(manager.cache) == production
+        res = client.post("/predict", json={"texts": texts, "task": "topic", "alias": "canary"})
+        assert res.status_code == 200 and {r["version"] for r in res.json()["predictions"]} == {1}
+        assert set(manager.cache) == production  # topic@1 was folded, used and dropped
+        res = client.post("/predict", json={"texts": texts, "task": "topic"})
+        assert {r["version"] for r in res.json()["predictions"]} == {2}
+        health = client.get("/healthz").json()["adapter_cache"]
+        assert health["pinned"] == 2 and health["pinned_loaded"] == 2 and health["size"] == 2
+        # a promotion moves the pins: the new production branch is folded at the swap and stays
+        reg.promote("topic", 1)
+        manager.refresh()
+        assert manager.cache.pinned == set(manager.cache) == cache_keys(manager.current()) != production
+
+
+def cache_keys(snap):
+    from adaptreg.serve.snapshot import branch_keys
+
+    return branch_keys(snap.predictor)
+
+
+def test_reload_checks_the_registry_now_and_retries_a_failed_build(served, tmp_path):
+    reg = registry_copy(served, tmp_path)
+    texts = served["texts"][:3]
+    with make_client(served, reg=reg) as client:  # --poll 0: only /reload sees registry changes
+        manager = client.app.state.manager
+        first = manager.current().id
+        res = client.post("/reload")
+        assert res.status_code == 200 and res.json() == {
+            "status": "ok", "changed": [], "errors": [],
+            "served": {"production": {"snapshot": first, "versions": {"topic": 2, "senti": 1}, "router_version": 3}}}
+        reg.promote("topic", 1)
+        assert client.post("/predict", json={"texts": texts, "task": "topic"}).json()["predictions"][0]["version"] == 2
+        body = client.post("/reload").json()
+        assert body["status"] == "ok" and body["changed"] == [
+            {"alias": "production", "snapshot": [first, first + 1], "versions": {"topic": [2, 1]}, "router_version": [3, 3]}]
+        assert client.post("/predict", json={"texts": texts, "task": "topic"}).json()["predictions"][0]["version"] == 1
+        assert manager.cache.pinned == cache_keys(manager.current())  # the pins follow production
+        # a build that fails (a tampered file) keeps the old snapshot; /reload retries it once the file is back
+        from pathlib import Path
+
+        weights = min(Path(reg.lookup("topic", version=2)["path"]).rglob("*.safetensors"))
+        good = weights.read_bytes()
+        weights.write_bytes(good[:-8] + b"tampered")
+        reg.promote("topic", 2)
+        body = client.post("/reload").json()
+        assert body["status"] == "degraded" and body["changed"] == [] and body["errors"][0]["alias"] == "production"
+        assert body["served"]["production"]["versions"] == {"topic": 1, "senti": 1}
+        assert manager.refresh() == []  # the watcher does not retry the same registry state
+        weights.write_bytes(good)
+        body = client.post("/reload").json()
+        assert body["status"] == "ok" and body["changed"][0]["versions"] == {"topic": [1, 2]}
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
 # --------------------------------------------------------------------------- a real server
 
 def _get(url: str, timeout: float = 10) -> tuple[int, str]:
@@ -337,6 +417,39 @@ def test_cli_server_micro_batches_concurrent_requests_and_hot_swaps(served, tmp_
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+    assert rc == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_sigterm_drains_requests_in_flight_then_exits_0(served, tmp_path):
+    """SIGTERM while 8 requests wait in the micro-batcher's queue: each is answered (200), then the
+    process exits with status 0."""
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from adaptreg.cli import run; run()", "serve", "--registry", str(served["dir"]),
+             "--base", str(served["lb"].id), "--port", "0", "--poll", "0", "--max-wait-ms", "4000", "--max-batch", "1024"],
+            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    pool = ThreadPoolExecutor(8)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), log.read_text()
+        texts = served["texts"][:3]
+        futures = [pool.submit(_post, url + "/predict", {"texts": texts, "task": "senti"}) for _ in range(8)]
+        deadline = time.monotonic() + 30
+        queued = 0
+        while queued < 24 and time.monotonic() < deadline:  # every request is in the server, waiting for its batch
+            queued = json.loads(_get_ok(url + "/healthz") or '{"queue_rows": 0}')["queue_rows"]
+            time.sleep(0.05)
+        assert queued == 24 and not any(f.done() for f in futures), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        answers = [f.result(timeout=60) for f in futures]
+        assert all(len(a["predictions"]) == 3 and a["predictions"][0]["version"] == 1 for a in answers)
+        rc = proc.wait(timeout=30)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if proc.poll() is None:
+            proc.kill()
     assert rc == 0, log.read_text()
     assert "Traceback" not in log.read_text(), log.read_text()
 

@@ -31,20 +31,21 @@ def _help(name: str) -> str:
 @click.option("--max-adapters", type=click.IntRange(1), default=16, show_default=True, help=_help("max_adapters"))
 @click.option("--max-aliases", type=click.IntRange(1), default=4, show_default=True, help=_help("max_aliases"))
 @click.option("--max-texts", type=click.IntRange(1), default=1024, show_default=True, help=_help("max_texts"))
+@click.option("--max-chars", type=click.IntRange(1), default=20_000, show_default=True, help=_help("max_chars"))
 @click.option("--max-queue", type=click.IntRange(1), default=16384, show_default=True, help=_help("max_queue"))
 @click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=16.0, show_default=True,
               help=_help("max_body_mb"))
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
 def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: str | None, task_list: str | None,
           alias: str, threshold: float | None, max_batch: int, max_wait_ms: float, batch_size: int, poll_s: float,
-          max_adapters: int, max_aliases: int, max_texts: int, max_queue: int, max_body_mb: float,
+          max_adapters: int, max_aliases: int, max_texts: int, max_chars: int, max_queue: int, max_body_mb: float,
           access_log: bool) -> None:
     """Serve every task in the registry over HTTP: POST /predict, GET /tasks, /healthz, /metrics.
 
     Loads the base once and each task's version under --alias (else its latest), routes texts
     with the latest router, batches concurrent requests, and picks up promoted, new and archived
     versions without a restart (checked every --poll seconds). Listens on 127.0.0.1 unless told
-    otherwise; the API has no authentication. Stop with Ctrl-C.
+    otherwise; the API has no authentication. Stop with Ctrl-C or SIGTERM (requests in flight finish first).
 
     \b
     Examples:
@@ -52,6 +53,7 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
       adaptreg serve --port 9000 --alias canary --max-batch 128 --max-wait-ms 10
       curl -s localhost:8080/predict -d '{"texts": ["Shares fell 3%"]}' -H 'content-type: application/json'
     """
+    import signal
     import socket
     import sys
 
@@ -63,7 +65,8 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
     settings = ServeSettings(registry=registry, base=base, tasks=_split(task_list, "task"), alias=alias,
                              threshold=threshold, host=host, port=port, allow_remote=allow_remote, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, batch_size=batch_size, poll_s=poll_s, max_adapters=max_adapters,
-                             max_aliases=max_aliases, max_texts=max_texts, max_queue=max_queue, max_body_mb=max_body_mb)
+                             max_aliases=max_aliases, max_texts=max_texts, max_chars=max_chars, max_queue=max_queue,
+                             max_body_mb=max_body_mb)
     # bind first: a port in use fails in a second, not after loading the models
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -92,9 +95,13 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
         sys.stdout.flush()
         config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
                                 lifespan="on", timeout_graceful_shutdown=10)
+        # SIGTERM as Ctrl-C: uvicorn stops accepting, lets the requests in flight finish (at most 10 s), shuts
+        # the app down, then re-raises the signal; with this handler that ends in KeyboardInterrupt and exit 0
+        # rather than death by signal
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised Ctrl-C: stopping is what was asked
+        except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the signal: stopping is what was asked
             pass
         log("stopped")
     finally:

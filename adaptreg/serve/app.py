@@ -7,6 +7,7 @@ Endpoints (docs/serving.md has examples):
 * ``GET /tasks``     every served task: versions, aliases, the served version, its metrics and labels
 * ``GET /healthz``   what is served, the last registry poll and its error if any
 * ``GET /metrics``   Prometheus text
+* ``POST /reload``   check the registry now (retrying a failed build): what changed and what is served
 
 Every error is ``{"error": "one line"}`` with a 4xx/5xx status: 404 for a task or alias that is
 not served, 413 for a body over the limit, 422 for a malformed request, 503 when the queue is full.
@@ -36,7 +37,7 @@ from .snapshot import SnapshotManager
 
 logger = logging.getLogger(__name__)
 
-_ENDPOINTS = ("/predict", "/tasks", "/healthz", "/metrics")
+_ENDPOINTS = ("/predict", "/tasks", "/healthz", "/metrics", "/reload")
 
 
 class PredictRequest(BaseModel):
@@ -165,6 +166,10 @@ def create_app(settings: ServeSettings | None = None, *, registry: Any = None, b
             if len(body.texts) > settings.max_texts:
                 raise _ApiError(422, f"texts has {len(body.texts)} entries, more than the limit of {settings.max_texts} "
                                      "per request (--max-texts); split them over several requests")
+            for i, text in enumerate(body.texts):
+                if len(text) > settings.max_chars:
+                    raise _ApiError(422, f"texts.{i} has {len(text)} characters, more than the limit of "
+                                         f"{settings.max_chars} per text (--max-chars); shorten it")
             snap = manager.current(body.alias)
             if snap is None:  # an alias not loaded yet: build its snapshot off the event loop
                 snap = await run_in_threadpool(manager.get, body.alias)
@@ -200,6 +205,15 @@ def create_app(settings: ServeSettings | None = None, *, registry: Any = None, b
             "aliases_loaded": [s["alias"] for s in st["snapshots"]], "swaps": st["swaps"], "last_poll": st["last_poll"],
             "last_error": st["last_error"], "skipped": st["skipped"], "uptime_s": round(time.time() - started, 3),
             "queue_rows": int(metrics.queue_rows.value()), "adapter_cache": st["adapter_cache"]}))
+
+    @app.post("/reload")
+    async def reload() -> JSONResponse:
+        """Check the registry now instead of at the next poll (a failed build is retried): what changed, what is served."""
+        try:
+            out = await run_in_threadpool(manager.reload)
+        except Exception as exc:  # noqa: BLE001
+            return _from_exception(exc)
+        return JSONResponse(_finite({"status": "degraded" if out["errors"] else "ok", **out}))
 
     @app.get("/metrics")
     async def metrics_text() -> PlainTextResponse:

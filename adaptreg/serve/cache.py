@@ -7,6 +7,12 @@ same adapter directories, so they share this cache and fold each adapter once. P
 ``max_items`` the least recently used branch is dropped; a snapshot that needs it again folds it
 again (milliseconds to a second). A batch that holds a branch keeps it alive until it ends, so
 eviction never breaks a request in flight.
+
+Keys can be **pinned** (:meth:`BranchCache.pin`): ``adaptreg serve`` pins the branches of the
+default alias's snapshot (production), so traffic to other aliases only evicts other aliases'
+branches. Eviction takes the least recently used unpinned entry; only when every entry is pinned
+(more pinned branches than ``max_items``) does it take the least recently used pinned one: the
+bound on memory always holds, and pinning is a priority, not a guarantee beyond it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 
 class BranchCache(MutableMapping):
-    """``{(adapter directory, split): branch}`` holding at most ``max_items`` entries (LRU)."""
+    """``{(adapter directory, split): branch}`` holding at most ``max_items`` entries (LRU, pinned keys last)."""
 
     def __init__(self, max_items: int):
         if max_items < 1:
@@ -28,7 +34,29 @@ class BranchCache(MutableMapping):
         self.max_items = int(max_items)
         self._data: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._pinned: frozenset[Any] = frozenset()
         self.hits = self.misses = self.evictions = 0
+
+    def pin(self, keys: Any) -> None:
+        """Evict these keys only when every entry is pinned; replaces the previous pinned set.
+
+        Keys need not be present (a key set later is pinned from then on).
+        """
+        with self._lock:
+            self._pinned = frozenset(keys)
+            self._evict()
+
+    @property
+    def pinned(self) -> frozenset[Any]:
+        return self._pinned
+
+    def _evict(self) -> None:  # under self._lock
+        while len(self._data) > self.max_items:
+            victim = next((k for k in self._data if k not in self._pinned), None)
+            if victim is None:  # all pinned: the least recently used pinned one goes
+                victim = next(iter(self._data))
+            del self._data[victim]
+            self.evictions += 1
 
     def get(self, key: Any, default: Any = None) -> Any:
         with self._lock:
@@ -49,9 +77,7 @@ class BranchCache(MutableMapping):
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
-            while len(self._data) > self.max_items:
-                self._data.popitem(last=False)
-                self.evictions += 1
+            self._evict()
 
     def __delitem__(self, key: Any) -> None:
         with self._lock:
@@ -71,5 +97,6 @@ class BranchCache(MutableMapping):
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"size": len(self._data), "max": self.max_items, "hits": self.hits, "misses": self.misses,
-                    "evictions": self.evictions}
+            return {"size": len(self._data), "max": self.max_items, "pinned": len(self._pinned),
+                    "pinned_loaded": sum(1 for k in self._data if k in self._pinned), "hits": self.hits,
+                    "misses": self.misses, "evictions": self.evictions}

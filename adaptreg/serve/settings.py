@@ -39,12 +39,13 @@ class ServeSettings:
     max_adapters: int = field(default=16, metadata={"help": "Folded adapter branches kept in memory (least recently used evicted)."})
     max_aliases: int = field(default=4, metadata={"help": "Aliases requests may name that are kept loaded at once, the default one included."})
     max_texts: int = field(default=1024, metadata={"help": "Most texts one request may send."})
+    max_chars: int = field(default=20_000, metadata={"help": "Most characters in one text; a longer one gets 422."})
     max_queue: int = field(default=16384, metadata={"help": "Most rows waiting for inference; beyond it requests get 503."})
     max_body_mb: float = field(default=16.0, metadata={"help": "Largest request body in MB; beyond it requests get 413."})
 
     def __post_init__(self) -> None:
         ints = [("port", 0, 65535), ("max_batch", 1, None), ("batch_size", 1, None), ("max_adapters", 1, None),
-                ("max_aliases", 1, None), ("max_texts", 1, None), ("max_queue", 1, None)]
+                ("max_aliases", 1, None), ("max_texts", 1, None), ("max_chars", 1, None), ("max_queue", 1, None)]
         for name, lo, hi in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):

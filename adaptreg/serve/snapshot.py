@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -91,12 +92,19 @@ def served_state(reg: Any, alias: str, tasks: list[str] | None = None,
     return versions, (rv[0]["version"] if rv else None), skipped
 
 
+def branch_keys(predictor: Any) -> set[tuple[str, int]]:
+    """The adapter-cache keys of ``predictor``'s branches (``Predictor._branch``'s key; probes have none)."""
+    return {(str(Path(e.path).resolve()), predictor.split) for e in predictor._entries.values() if not e.identity}
+
+
 class SnapshotManager:
     """The served snapshots, per alias, and the registry watcher that replaces them.
 
     ``registry`` and ``base`` default to ``settings.registry`` and ``settings.base`` (else the
     base the first task was built on). :meth:`start` builds the default alias's snapshot (errors
-    surface there: an empty registry, a missing base) and starts the watcher when ``poll_s > 0``.
+    surface there: an empty registry, a missing base) and starts the watcher when ``poll_s > 0``;
+    :meth:`reload` checks at once (``POST /reload``). The default alias's branches are pinned in
+    the adapter cache, and the pins follow its hot swaps.
     """
 
     def __init__(self, settings: ServeSettings, registry: Any = None, base: Any = None):
@@ -112,6 +120,7 @@ class SnapshotManager:
         self._skipped: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned_pins = False
         self.swaps = 0
         self.build_failures = 0
         self.last_poll: float | None = None
@@ -157,6 +166,7 @@ class SnapshotManager:
             snap = self._build(self.settings.alias)
             with self._lock:
                 self._snaps[snap.alias] = snap
+            self._pin(snap)
             logger.debug("alias %r: serving %s (router version %s)", snap.alias, _describe(snap.versions),
                          snap.router_version)
         if watch and self.settings.poll_s > 0 and self._thread is None:
@@ -249,6 +259,10 @@ class SnapshotManager:
                          threshold=self.settings.threshold, branch_cache=self.cache)
         served = {t: e.version for t, e in pred._entries.items()}  # what was loaded, even if it moved meanwhile
         router_version = getattr(pred.router, "registry_version_", None) if pred.router is not None else None
+        if alias == self.settings.alias:
+            # pin the new branches before folding them, or the old pins could evict them at once; the old
+            # snapshot's requests may then fold an unpinned branch again, they cannot fail for it
+            self.cache.pin(branch_keys(pred))
         # fold the branches this snapshot will need now, not on the first request that meets them
         changed = [t for t, v in served.items() if previous is None or previous.versions.get(t) != v]
         for t in changed[: self.settings.max_adapters]:
@@ -256,11 +270,13 @@ class SnapshotManager:
         return Snapshot(id=next(self._ids), alias=alias, predictor=pred, versions=MappingProxyType(served),
                         router_version=router_version, built_at=time.time())
 
-    def refresh(self) -> list[tuple[Snapshot, Snapshot]]:
+    def refresh(self, retry_failed: bool = False,
+                errors: list[dict[str, str]] | None = None) -> list[tuple[Snapshot, Snapshot]]:
         """Check the registry once; rebuild and swap every loaded alias whose served state changed.
 
-        Returns ``[(old, new), ...]``. A failed build keeps the old snapshot (the error is logged
-        and kept in :attr:`last_error`) and is not retried until the registry changes again.
+        Returns ``[(old, new), ...]``. A failed build keeps the old snapshot (the error is logged,
+        kept in :attr:`last_error` and appended to ``errors`` as ``{"alias", "error"}``) and is not
+        retried until the registry changes again, or ``retry_failed`` is set (``POST /reload``).
         """
         swapped = []
         with self._build_lock:
@@ -269,20 +285,24 @@ class SnapshotManager:
                     versions, router_version, _ = served_state(self.registry, old.alias, self.settings.tasks,
                                                                self.base.fingerprint)
                 except AdaptregError as exc:
-                    self._fail(old.alias, None, exc)
+                    self._fail(old.alias, None, exc, errors)
                     continue
                 state = (tuple(sorted(versions.items())), router_version)
-                if state == old.state() or self._failed.get(old.alias) == state:
+                if state == old.state() or (self._failed.get(old.alias) == state and not retry_failed):
                     continue
                 try:
                     new = self._build(old.alias, previous=old)
                 except Exception as exc:  # noqa: BLE001 - keep serving the old snapshot
-                    self._fail(old.alias, state, exc)
+                    self._fail(old.alias, state, exc, errors)
+                    if old.alias == self.settings.alias:
+                        self._pin(old)
                     continue
                 self._failed.pop(old.alias, None)
                 with self._lock:
                     if old.alias in self._snaps:
                         self._snaps[old.alias] = new
+                if new.alias == self.settings.alias:
+                    self._pin(new)
                 self.swaps += 1
                 self.last_error = None
                 logger.info("alias %r: now serving %s (router version %s; was %s, router version %s)", old.alias,
@@ -291,9 +311,41 @@ class SnapshotManager:
             self.last_poll = time.time()
         return swapped
 
-    def _fail(self, alias: str, state: Any, exc: BaseException) -> None:
+    def _pin(self, snap: Snapshot) -> None:
+        """Pin the default alias's branches in the adapter cache (other aliases evict only each other)."""
+        keys = branch_keys(snap.predictor)
+        self.cache.pin(keys)
+        if len(keys) > self.cache.max_items and not self._warned_pins:
+            self._warned_pins = True
+            logger.warning("alias %r serves %d adapter branches, more than --max-adapters %d: they cannot all stay in "
+                           "memory, the least recently used are folded again when needed; raise --max-adapters",
+                           snap.alias, len(keys), self.cache.max_items)
+
+    def reload(self) -> dict[str, Any]:
+        """Check the registry now (``POST /reload``), retrying failed builds; what changed and what is served.
+
+        ``{"changed": [{"alias", "snapshot": [old, new], "versions": {task: [old, new]}, "router_version": [old, new]}],
+        "errors": [{"alias", "error"}], "served": {alias: {"snapshot", "versions", "router_version"}}}``;
+        in ``versions`` only the tasks whose version changed, ``null`` for a task added or removed.
+        """
+        errors: list[dict[str, str]] = []
+        swapped = self.refresh(retry_failed=True, errors=errors)
+        changed = []
+        for old, new in swapped:
+            tasks = list(dict.fromkeys([*old.versions, *new.versions]))
+            changed.append({"alias": new.alias, "snapshot": [old.id, new.id],
+                            "versions": {t: [old.versions.get(t), new.versions.get(t)] for t in tasks
+                                         if old.versions.get(t) != new.versions.get(t)},
+                            "router_version": [old.router_version, new.router_version]})
+        served = {s.alias: {"snapshot": s.id, "versions": dict(s.versions), "router_version": s.router_version}
+                  for s in self.snapshots()}
+        return {"changed": changed, "errors": errors, "served": served}
+
+    def _fail(self, alias: str, state: Any, exc: BaseException, errors: list[dict[str, str]] | None = None) -> None:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.last_error = f"alias {alias!r}: {msg}"
+        if errors is not None:
+            errors.append({"alias": alias, "error": msg})
         if state is not None:
             self._failed[alias] = state
             self.build_failures += 1
