@@ -201,7 +201,10 @@ class Router:
             raise DataError(f"task {task!r}: {len(x)} feature rows but {len(yy)} labels")
         classes = sorted(set(yy.tolist()), key=str)
         counts, means, scatter = self._class_stats(x, yy, classes)
-        ratio = self._held_out_ratio(x, yy, classes)
+        # other versions of the same task are never served beside this one (and often hold the same
+        # rows): leave them out of the "other tasks" the calibration pools, or it is not held out
+        siblings = [i for i, t in enumerate(self.tasks_) if split_entry(t)[0] == split_entry(task)[0]]
+        ratio = self._held_out_ratio(x, yy, classes, exclude=siblings)
         self.tasks_.append(task)
         self.class_tasks_ += [task] * len(classes)
         self.class_labels_ += [str(c) for c in classes]
@@ -234,16 +237,20 @@ class Router:
             counts.append(int(sel.sum()))
         return np.asarray(counts, dtype=np.int64), np.asarray(means), scatter
 
-    def _held_out_ratio(self, x: np.ndarray, yy: np.ndarray, classes: list) -> float:
+    def _held_out_ratio(self, x: np.ndarray, yy: np.ndarray, classes: list, exclude: list[int] = ()) -> float:
         """``quantile`` over mean of the task's cross-fitted held-out distances (a shape factor).
 
         Each fold's rows are measured against class means and a pooled covariance (the routed
         tasks' scatters plus this task's other folds) that never saw them. At routing time the
         factor multiplies the task's expected held-out distance under the *current* covariance
-        (:meth:`_state`), so it transfers when later tasks sharpen the covariance.
+        (:meth:`_state`), so it transfers when later tasks sharpen the covariance. ``exclude``:
+        entries left out of the pooled statistics (other versions of the same task).
         """
-        n_other = int(self.counts_.sum()) - len(self.counts_)
-        other = self.scatters_.sum(0)  # zeros for the first task
+        keep = [i for i in range(len(self.tasks_)) if i not in set(exclude)]
+        cls_task = [self.tasks_.index(t) for t in self.class_tasks_]
+        kept_cls = np.array([t in keep for t in cls_task], dtype=bool)
+        n_other = int(self.counts_[kept_cls].sum()) - int(kept_cls.sum())
+        other = self.scatters_[keep].sum(0) if keep else np.zeros(self.scatters_.shape[1:])  # zeros for the first
         k = min(int(self.folds), len(x))
         fold = np.random.default_rng(0).permutation(len(x)) % k
         held = np.empty(len(x))
@@ -299,16 +306,26 @@ class Router:
             raise NotFittedError("This Router instance is not fitted yet. Call 'add_task' or 'fit' with frozen-base "
                                  "training features first (or `adaptreg route add TASK`)")
 
-    def _state(self) -> tuple[np.ndarray, np.ndarray]:
-        """(per-block whiteners W, per-task calibrated quantile of d²), cached."""
-        if self._cache is None:
-            n = int(self.counts_.sum())
-            dof = n - len(self.counts_)
-            w, shrink = self._whiteners(self.scatters_.sum(0) / max(dof, 1), dof)
+    def _state(self, entries: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(per-block whiteners W, per-entry calibrated quantile of d²) for a set of entries
+        (default: all), cached per set.
+
+        Routing among a subset (the task versions being served) uses the covariance pooled over
+        that subset only, so entries that are not served (older versions of a task, often fitted
+        on the same rows) change nothing: routing a set equals a router built from that set alone.
+        """
+        idx = tuple(range(len(self.tasks_))) if entries is None else tuple(entries)
+        if not isinstance(self._cache, dict):
+            self._cache = {}
+        if idx not in self._cache:
             cls_task = np.array([self.tasks_.index(t) for t in self.class_tasks_])
+            sel = np.isin(cls_task, idx)
+            n = int(self.counts_[sel].sum())
+            dof = n - int(sel.sum())
+            w, shrink = self._whiteners(self.scatters_[list(idx)].sum(0) / max(dof, 1), dof)
             c = (1.0 - shrink) / max(dof, 1)
-            q = np.empty(len(self.tasks_))
-            for i in range(len(self.tasks_)):
+            q = np.empty(len(idx))
+            for j, i in enumerate(idx):
                 counts = self.counts_[cls_task == i]
                 n_c = max(float(counts.mean()), 2.0)
                 held = 0.0
@@ -319,32 +336,37 @@ class Router:
                     # leaving it out of its class mean scales d² by (n_c / (n_c - 1))².
                     d_in = float(np.sum(wb * (sb @ wb))) / int(counts.sum())
                     held += d_in / max(1.0 - c * d_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
-                q[i] = self.ratios_[i] * held
-            self._cache = (w, np.maximum(q, 1e-12), cls_task)
-        return self._cache[:2]
+                q[j] = self.ratios_[i] * held
+            self._cache[idx] = (w, np.maximum(q, 1e-12), cls_task)
+        return self._cache[idx][:2]
 
     @property
     def threshold_(self) -> float:
         return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
 
     # ------------------------------------------------------------------ inference
-    def task_distances(self, features: Any) -> np.ndarray:
-        """Squared Mahalanobis distance of each row to each task's nearest class mean [rows, tasks]."""
+    def task_distances(self, features: Any, entries: tuple[int, ...] | None = None) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each entry's nearest class mean
+        [rows, entries] (``entries``: indices into ``tasks_``, ascending; default all), under the
+        covariance pooled over those entries."""
         self._check_fitted()
         x = self._prep(features)
-        w, _ = self._state()
-        cls_task = self._cache[2]
-        d2 = self._d2(x, w, self.means_)
+        idx = tuple(range(len(self.tasks_))) if entries is None else tuple(entries)
+        w, _ = self._state(idx)
+        cls_task = self._cache[idx][2]
+        sel = np.isin(cls_task, idx)
+        d2 = self._d2(x, w, self.means_[sel])
         if len(x) == 0:
-            return np.full((0, len(self.tasks_)), np.inf)
-        # a task's classes are contiguous (add_task appends them together): one vectorised min per
-        # task instead of a Python loop over tasks, so routing cost grows with classes, not tasks
-        starts = np.flatnonzero(np.r_[True, cls_task[1:] != cls_task[:-1]])
-        if len(starts) == len(self.tasks_) and (cls_task[starts] == np.arange(len(self.tasks_))).all():
+            return np.full((0, len(idx)), np.inf)
+        owner = cls_task[sel]
+        # an entry's classes are contiguous (add_task appends them together): one vectorised min per
+        # entry instead of a Python loop, so routing cost grows with classes, not tasks
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        if len(starts) == len(idx) and (owner[starts] == np.asarray(idx)).all():
             return np.minimum.reduceat(d2, starts, axis=1)
-        out = np.full((len(x), len(self.tasks_)), np.inf)
-        for i in range(len(self.tasks_)):
-            out[:, i] = d2[:, cls_task == i].min(1)
+        out = np.full((len(x), len(idx)), np.inf)
+        for j, i in enumerate(idx):
+            out[:, j] = d2[:, owner == i].min(1)
         return out
 
     def decision_scores(self, features: Any) -> np.ndarray:
@@ -364,16 +386,15 @@ class Router:
         thr = self.threshold_ if threshold is None else float(threshold)
         if thr <= 0:
             raise ConfigError(f"threshold == {thr}, must be > 0")
-        d = self.task_distances(features)
-        _, q = self._state()
+        idx = None
         if tasks is not None:
             missing = [t for t in tasks if t not in self.tasks_]
             if missing:
                 raise ConfigError(f"the router does not know task(s) {missing}; it routes to {self.tasks_}")
-            cols = [self.tasks_.index(t) for t in tasks]
-            d, q, names = d[:, cols], q[cols], list(tasks)
-        else:
-            names = self.tasks_
+            idx = tuple(sorted({self.tasks_.index(t) for t in tasks}))
+        d = self.task_distances(features, idx)
+        _, q = self._state(idx)
+        names = self.tasks_ if idx is None else [self.tasks_[i] for i in idx]
         best = d.argmin(1)
         score = d[np.arange(len(d)), best] / q[best]
         routed = [names[b] if s <= thr else UNKNOWN for b, s in zip(best, score)]
