@@ -507,6 +507,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until an ``mlflow server`` answers ``/health``; fail with its log if it dies or times out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("mlflow server did not start:\n" + log.read_text(errors="replace")[-3000:])
+        time.sleep(0.5)
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """The server runs its workers in its own session: stop the whole group, SIGTERM first, then
+    after ``grace`` seconds SIGKILL for the leader or workers that outlived it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=15)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = _free_port()
@@ -518,27 +545,10 @@ def mlflow_server(tmp_path):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        _wait_health(url, proc, tmp_path / "server.log")
         yield url
-    finally:  # the server runs workers in its own session: stop the whole group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    finally:
+        _stop_group(proc)
         log.close()
 
 

