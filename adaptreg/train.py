@@ -352,7 +352,7 @@ def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
 
 def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSettings, progress: bool = True,
         caches: dict[str, Any] | None = None, on_epoch: Any = None, keep_best: bool = True,
-        validate: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+        validate: bool = True, stop_after: int | None = None, regularizer: Any = None) -> dict[str, Any]:
     """Train adapter + head with AdamW; evaluate on validation after every epoch and keep the best
     checkpoint (validation accuracy, ties broken by validation loss).
 
@@ -363,6 +363,8 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
     ``keep_best=False`` keeps the last epoch's weights (no choice made on the validation rows);
     ``validate=False`` skips the per-epoch validation pass altogether (and with it early stopping);
     ``stop_after=k`` ends after epoch k of the planned schedule (the learning rate where it was then).
+    ``regularizer()``, when given, returns a scalar tensor added to every batch's loss (O-LoRA's
+    orthogonality penalty in the continual benchmark).
     """
     import numpy as np
     import torch
@@ -417,6 +419,8 @@ def fit(model: TaskModel, tokenizer: Any, data: TaskData, settings: TrainSetting
                 y = torch.tensor([data.train.y[j] for j in idx])
                 run = forward(idx)
                 loss = loss_fn(run(), y)
+                if regularizer is not None:
+                    loss = loss + regularizer()
                 if not torch.isfinite(loss):
                     raise ConfigError(f"training diverged: loss {loss.item()} at epoch {epoch}; lower --lr (now {settings.lr})")
                 loss.backward()
@@ -575,13 +579,16 @@ def zero_adapter(peft_model: Any) -> None:
 
 
 def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSettings, *, probe: bool = True,
-               peft_model: Any = None, init: Any = None, progress: bool = True, router: Any = None) -> TrainedTask:
+               peft_model: Any = None, init: Any = None, progress: bool = True, router: Any = None,
+               head: Any = None, regularizer: Any = None) -> TrainedTask:
     """Cache the trunk once, fit the probe and the adapter on it, and keep the better on validation.
 
     ``peft_model``: an existing PEFT model to keep training (seq-lora); else a fresh adapter on
     ``lb.model`` (the caller unloads it). ``init(peft_model)`` runs before training (``--init-from``).
     ``router``: a :class:`adaptreg.compose.router.Router` whose features of the training split are
     taken from the trunk cache when it reads the trunk's output (``TrainedTask.router_features``).
+    ``head``: the output layer to start from (default: the probe's or a fresh one, per
+    ``train.head_init``); ``regularizer``: an extra loss term, passed to :func:`fit`.
     """
     import numpy as np
     import torch
@@ -618,11 +625,12 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
             peft_model = build_peft_model(lb.model, lb.model_type, lora, split=split)
         if init is not None:
             init(peft_model)
-        head = probe_head(clf, td.n_labels) if (train.head_init == "probe" and clf is not None) \
-            else torch.nn.Linear(lb.hidden_size, td.n_labels)
+        if head is None:
+            head = probe_head(clf, td.n_labels) if (train.head_init == "probe" and clf is not None) \
+                else torch.nn.Linear(lb.hidden_size, td.n_labels)
         model = TaskModel(peft_model, head, split, base_dropout=train.base_dropout)
         init_state = _trainable_state(model)  # the folds of the cross-validated decision restart here
-        fit_info = fit(model, lb.tokenizer, td, train, progress=progress, caches=caches)
+        fit_info = fit(model, lb.tokenizer, td, train, progress=progress, caches=caches, regularizer=regularizer)
         seconds["train"] = fit_info["train_seconds"]
         za = {s: cache_logits(model, caches[s], train.eval_batch_size) for s in ("val", "test")}
         reports["adapter"] = {s: classification_report(ys[s], za[s].argmax(1).tolist(), td.labels) for s in za}
@@ -773,7 +781,7 @@ def onboard(
     lora = lora or LoraSettings()
     train = train or TrainSettings()
     if not register and output is None:
-        raise ConfigError("nothing would be kept: give --output DIR or leave registration on")
+        raise ConfigError("nothing would be kept: give output=DIR (CLI: --out DIR) or leave registration on")
     base_ref = base if isinstance(base, LoadedBase) else resolve_base(base)  # cheap: fail before any work
     td = data if isinstance(data, TaskData) else load_task(
         data, text_col=text_col, label_col=label_col, val=val, test=test, seed=train.seed,

@@ -90,7 +90,7 @@ def test_continual_benchmark_end_to_end(tiny_base, toy_tasks, tmp_path):
                 if R[i][j] is not None:  # an accuracy over task j's test rows: k / n_test
                     k = R[i][j] * n_test[j]
                     assert 0 <= R[i][j] <= 1 and abs(k - round(k)) < 1e-6, (s, i, j, R[i][j])
-    for s in ("adaptreg", "oracle", "merged", "seq-lora", "probe"):  # every step measured
+    for s in ("adaptreg", "oracle", "merged", "seq-lora", "replay", "o-lora", "probe"):  # every step measured
         assert all(res.R[s][i][j] is not None for i in range(T) for j in range(i + 1)), s
     assert res.R["joint"][0] == [None] * T and all(v is not None for v in res.R["joint"][-1])
 
@@ -114,11 +114,20 @@ def test_continual_benchmark_end_to_end(tiny_base, toy_tasks, tmp_path):
         # adaptreg counts a row right only if it is routed home and then labelled right by that same adapter
         assert all(res.R["adaptreg"][i][j] <= acc + 1e-9 for i in range(j, T)), name
 
-    for f in ("report.md", "results.json", "acc_curve.png", "forgetting_curve.png", *(f"R_{s}.png" for s in STRATEGIES)):
+    for f in ("report.md", "results.json", "acc_curve.png", "forgetting_curve.png", "steps.png",
+              *(f"R_{s}.png" for s in STRATEGIES)):
         assert (out / f).is_file(), f
+    assert not (out / "partial.json").exists()  # the checkpoint goes once the report is whole
+    steps = res.extra["steps"]
+    for s in STRATEGIES:  # every step that trained something is timed, with its peak memory
+        want = [T - 1] if s == "joint" else [] if s == "probe" else list(range(T))
+        assert [i for i, v in enumerate(steps["seconds"].get(s, [None] * T)) if v is not None] == want, s
+        assert all(steps["peak_rss_mb"][s][i] > 10 for i in want), s
+    assert all(a <= b for a, b in zip(steps["seconds"]["oracle"], steps["seconds"]["adaptreg"]))  # + routing
     stored = json.loads((out / "results.json").read_text())
     assert stored["R"] == res.R and stored["probe_baseline"] == res.probe_baseline
     md = (out / "report.md").read_text()
+    assert "## Cost per step" in md and "| 3 | mood |" in md
     for row in summary_rows(stored):  # every number in the table comes from results.json
         m = _gem_metrics(stored["R"][row["strategy"]], stored["probe_baseline"])
         line = next(line for line in md.splitlines() if line.startswith(f"| {row['strategy']} |"))
@@ -201,3 +210,107 @@ def test_split_mnist_end_to_end(tmp_path):
                         out=tmp_path / "rep", mlflow=False, image_size=32)
     assert len(res.tasks) == 5 and len(res.R["seq-lora"]) == 5
     assert (tmp_path / "rep" / "report.md").is_file()
+
+
+# --------------------------------------------------------------------------- long streams: caps, replay, O-LoRA
+
+
+def test_cap_total_indices_is_stratified_and_takes_each_class_in_cap_order():
+    from adaptreg.data import clean
+
+    texts = [f"text {i}" for i in range(300)]
+    labels = ["a"] * 200 + ["b"] * 90 + ["c"] * 10
+    keys = [clean.key(t) for t in texts]
+    keep = clean.cap_total_indices(keys, labels, 30)
+    assert len(keep) == 30 and keep == sorted(keep)  # exactly the total, original order
+    got = {c: sum(labels[i] == c for i in keep) for c in "abc"}
+    assert got == {"a": 20, "b": 9, "c": 1}  # proportional shares (200/300, 90/300, 10/300 of 30)
+    for c in "abc":  # within a class: the rows a per-class cap would keep first
+        per_class = clean.cap_indices(keys, labels, got[c])
+        assert {i for i in keep if labels[i] == c} == {i for i in per_class if labels[i] == c}
+    assert len(clean.cap_total_indices(keys, labels, 2)) == 2  # fewer rows than classes: still the total
+    assert {labels[i] for i in clean.cap_total_indices(keys, labels, 3)} == {"a", "b", "c"}  # one per class
+    assert clean.cap_total_indices(keys, labels, 1000) == list(range(300))
+    with pytest.raises(Exception, match="max_per_task == 0"):
+        clean.cap_total_indices(keys, labels, 0)
+
+
+def test_cap_task_caps_labelled_rows_and_keeps_the_test_split():
+    from adaptreg.continual.benchmark import cap_task
+    from adaptreg.data.tasks import Split, TaskData
+
+    def split(n, k):
+        return Split([f"row {k} {i}" for i in range(n)], [i % 3 for i in range(n)])
+
+    td = TaskData(labels=["x", "y", "z"], train=split(900, "t"), val=split(100, "v"), test=split(50, "e"),
+                  source="s", fingerprint="f")
+    out = cap_task(td, 200)
+    assert (len(out.train), len(out.val), len(out.test)) == (180, 20, 50)
+    assert {out.train.y.count(c) for c in range(3)} == {60}
+    assert set(out.train.texts) <= {f"row t {i}" for i in range(900)}  # no row changes split
+    small = TaskData(labels=["x"], train=split(10, "t"), val=split(2, "v"), test=split(2, "e"), source="s", fingerprint="f")
+    assert len(cap_task(small, 200).train) == 10  # under the cap: untouched
+
+
+def test_replay_buffer_equal_shares_stratified_and_shrinking_by_subsets():
+    from adaptreg.continual.benchmark import replay_buffer
+    from adaptreg.data.tasks import Split
+
+    a = Split([f"a {i}" for i in range(100)], [i % 2 for i in range(100)])
+    b = Split([f"b {i}" for i in range(60)], [i % 3 for i in range(60)])
+    c = Split([f"c {i}" for i in range(40)], [0] * 40)
+    one = replay_buffer([a], 30)
+    two = replay_buffer([a, b], 30)
+    three = replay_buffer([a, b, c], 30)
+    assert [len(x) for x in one] == [30] and [len(x) for x in two] == [15, 15] and [len(x) for x in three] == [10] * 3
+    assert sorted(a.y[i] for i in two[0]).count(0) in (7, 8)  # balanced over a's two classes
+    assert set(three[0]) <= set(two[0]) <= set(one[0])  # what a task keeps shrinks, never swaps rows in
+    assert replay_buffer([a, b], 0) == [[], []]
+
+
+def test_olora_blocks_add_up_only_the_new_one_trains_and_the_penalty_is_the_l1_of_a_new_a_old(tiny_base):
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    from adaptreg.base import load_base
+    from adaptreg.config import LoraSettings
+    from adaptreg.continual.benchmark import add_olora_block
+    from adaptreg.train import build_peft_model
+
+    lb = load_base(str(tiny_base))
+    torch.manual_seed(0)
+    peft_model = build_peft_model(lb.model, lb.model_type, LoraSettings(rank=4, alpha=8, dropout=0.0))
+    config = peft_model.peft_config[peft_model.active_adapter]
+    blocks: list[str] = []
+    assert add_olora_block(peft_model, blocks, config, 0.5) is None  # the first task: nothing to be orthogonal to
+    first = blocks[0]
+    x = {"input_ids": torch.tensor([[2, 5, 7, 9, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad():  # give the first block an effect (B starts at zero)
+        for m in peft_model.modules():
+            if isinstance(m, LoraLayer):
+                m.lora_B[first].weight.normal_(0, 0.5)
+    peft_model.eval()
+    with torch.no_grad():
+        only_first = peft_model(**x).last_hidden_state.clone()
+    penalty = add_olora_block(peft_model, blocks, config, 0.5)
+    new = blocks[1]
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(f".{new}." in n for n in trainable)
+    with torch.no_grad():
+        assert torch.allclose(peft_model(**x).last_hidden_state, only_first)  # new B = 0: the old block still acts
+        for m in peft_model.modules():
+            if isinstance(m, LoraLayer):
+                m.lora_B[new].weight.normal_(0, 0.5)
+        assert not torch.allclose(peft_model(**x).last_hidden_state, only_first)  # both blocks active: they add up
+    want = sum((m.lora_A[new].weight @ m.lora_A[first].weight.T).abs().sum()
+               for m in peft_model.modules() if isinstance(m, LoraLayer))
+    assert penalty().item() == pytest.approx(0.5 * want.item(), rel=1e-6) and want.item() > 0
+    old = {n: p.detach().clone() for n, p in peft_model.named_parameters() if f".{first}." in n}
+    opt = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.05)
+    start = penalty().item()
+    for _ in range(20):  # descending the penalty alone makes the new A orthogonal to the old one
+        opt.zero_grad()
+        penalty().backward()
+        opt.step()
+    assert penalty().item() < 0.5 * start
+    assert all(torch.equal(p, old[n]) for n, p in peft_model.named_parameters() if n in old)  # the old block is frozen

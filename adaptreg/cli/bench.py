@@ -9,7 +9,8 @@ import click
 
 from ._common import emit, json_option, log, registry_option
 
-STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "joint", "probe")  # = adaptreg.continual.benchmark.STRATEGIES
+STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "replay", "o-lora", "joint", "probe")  # = adaptreg.continual.benchmark.STRATEGIES
+DEMO_STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "joint", "probe")
 
 @dataclasses.dataclass
 class BenchRun:
@@ -23,6 +24,9 @@ class BenchRun:
     base: str = "minilm"
     max_per_class: int | None = None
     test_per_class: int | None = None
+    max_per_task: int | None = None
+    replay_buffer: int = 200
+    olora_lambda: float = 0.5
     epochs: int | None = None
     max_length: int | None = None
     batch_size: int = 16
@@ -74,7 +78,9 @@ def _run(run: BenchRun, as_json: bool) -> None:
     given = {"epochs": run.epochs, "max_length": run.max_length, "lr": run.lr}
     train = TrainSettings(batch_size=run.batch_size, seed=run.seed, **{k: v for k, v in given.items() if v is not None})
     result = run_continual(specs, strategies=parse_strategies(run.strategies), base=run.base, lora=lora, train=train,
-                           max_per_class=run.max_per_class, test_per_class=run.test_per_class, out=run.out,
+                           max_per_class=run.max_per_class, test_per_class=run.test_per_class,
+                           max_per_task=run.max_per_task, replay_buffer=run.replay_buffer, olora_lambda=run.olora_lambda,
+                           out=run.out,
                            registry=run.registry, mlflow=not run.no_mlflow, joint_every_step=run.joint_every_step,
                            image_size=run.image_size, progress=None if run.quiet else log)
     data = result.to_dict()
@@ -104,6 +110,10 @@ def _common_options(f: Any) -> Any:
         click.option("--rank", type=int, default=_D["rank"], show_default=True, help="LoRA rank (alpha = 2 x rank)."),
         click.option("--seed", type=int, default=_D["seed"], show_default=True, help="Seed for splits, init and shuffling."),
         click.option("--image-size", type=int, default=_D["image_size"], show_default=True, help="Image side in pixels (image scenarios)."),
+        click.option("--replay-buffer", type=click.IntRange(min=0), default=_D["replay_buffer"], show_default=True,
+                     help="'replay': training rows of earlier tasks kept in all (an equal share per task)."),
+        click.option("--olora-lambda", type=click.FloatRange(min=0), default=_D["olora_lambda"], show_default=True,
+                     help="'o-lora': weight of the orthogonality penalty between the new and old LoRA blocks."),
         click.option("--joint-every-step", is_flag=True, help="Train 'joint' after every step (full R; T(T+1)/2 trainings) "
                      "instead of once on all tasks (last row only)."),
         registry_option,
@@ -128,10 +138,14 @@ def benchmark() -> None:
 @click.option("--max-per-class", type=int, default=None, help="Cap training examples per class (test capped alike).")
 @click.option("--test-per-class", type=int, default=None,
               help="Catalog text tasks: test on up to N texts per class of the full test split instead.")
+@click.option("--max-per-task", type=int, default=None,
+              help="Text tasks: cap each task's labelled rows (train + validation) at N, stratified by class, after "
+                   "--max-per-class (keeps many-class tasks affordable).")
 @click.option("--out", default=_D["out"], show_default=True, metavar="DIR",
               help="Report folder: report.md, results.json, PNG plots, adapters/.")
 @_common_options
-def continual(tasks: str, max_per_class: int | None, test_per_class: int | None, out: str, **kw: Any) -> None:
+def continual(tasks: str, max_per_class: int | None, test_per_class: int | None, max_per_task: int | None, out: str,
+              **kw: Any) -> None:
     """Onboard TASKS one after another and compare strategies on the accuracy matrix R.
 
     R[i][j] is the test accuracy on task j after onboarding task i. Prints ACC, BWT,
@@ -145,7 +159,8 @@ def continual(tasks: str, max_per_class: int | None, test_per_class: int | None,
       adaptreg benchmark continual --tasks split-mnist --max-per-class 100 --epochs 2
     """
     as_json = kw.pop("as_json")
-    _run(BenchRun(tasks=tasks, max_per_class=max_per_class, test_per_class=test_per_class, out=out, **kw), as_json)
+    _run(BenchRun(tasks=tasks, max_per_class=max_per_class, test_per_class=test_per_class, max_per_task=max_per_task,
+                  out=out, **kw), as_json)
 
 
 @click.command("demo")
@@ -166,7 +181,8 @@ def demo(out: str, max_per_class: int, registry: str | None, no_mlflow: bool, as
       adaptreg demo
       adaptreg demo --max-per-class 20 --no-mlflow
     """
-    _run(BenchRun(tasks=DEMO_TASKS, max_per_class=max_per_class, out=out, registry=registry, no_mlflow=no_mlflow),
+    _run(BenchRun(tasks=DEMO_TASKS, strategies=",".join(DEMO_STRATEGIES), max_per_class=max_per_class, out=out,
+                  registry=registry, no_mlflow=no_mlflow),
          as_json)
 
 

@@ -19,6 +19,18 @@ Strategies (:data:`STRATEGIES`):
     All adapters seen so far merged into one with TIES; each task keeps its own head.
 ``seq-lora``
     One shared LoRA trained task after task (a new head per task), the forgetting baseline.
+``replay``
+    One shared LoRA and one output layer over the ``task:label`` classes seen so far (grown by a
+    block of rows per task, the old rows kept), trained on each new task plus a replay buffer:
+    at most ``replay_buffer`` training rows of the earlier tasks in all, an equal share per task,
+    stratified by class (:func:`adaptreg.data.clean.cap_total_indices`). Validation (epoch
+    choice) is the new task's only: the buffer is all a replay learner keeps of the past. Task
+    ``j`` is scored on its own labels' columns, as in ``joint``.
+``o-lora``
+    O-LoRA (Wang et al., 2023): one shared model to which each task adds a new LoRA block; the
+    old blocks stay active and frozen, and the new block's loss carries ``olora_lambda`` x the
+    L1 norm of ``A_new A_old^T`` over every adapted module and old block (orthogonal subspaces).
+    A head per task, frozen after its task, as in ``seq-lora``.
 ``joint``
     One LoRA trained on every task seen so far together, one output layer over the union of
     ``task:label`` classes; task ``j`` is scored on its own labels' logits only (= per-task heads
@@ -47,7 +59,7 @@ from . import metrics as M
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "joint", "probe")
+STRATEGIES = ("adaptreg", "oracle", "merged", "seq-lora", "replay", "o-lora", "joint", "probe")
 ADAPTER_STRATEGIES = ("adaptreg", "oracle", "merged")
 
 
@@ -131,11 +143,12 @@ class TextScenario:
 
         return build_peft_model(self.base.model, self.base.model_type, self.lora, split=self.split)
 
-    def train_task(self, td: Any, probe: bool, peft_model: Any = None) -> Any:
-        """Onboarding's own training (:func:`adaptreg.train.train_task`): trunk cache, probe, selection."""
+    def train_task(self, td: Any, probe: bool, peft_model: Any = None, **kw: Any) -> Any:
+        """Onboarding's own training (:func:`adaptreg.train.train_task`): trunk cache, probe, selection.
+        ``kw``: ``head`` and ``regularizer`` (replay, O-LoRA)."""
         from ..train import train_task
 
-        return train_task(self.base, td, self.lora, self.train, probe=probe, peft_model=peft_model, progress=False)
+        return train_task(self.base, td, self.lora, self.train, probe=probe, peft_model=peft_model, progress=False, **kw)
 
     def release(self, peft_model: Any) -> None:
         peft_model.unload()
@@ -194,6 +207,114 @@ def _empty(T: int) -> list[list[float | None]]:
     return [[None] * T for _ in range(T)]
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (Linux: ``/proc/self/clear_refs``); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident set size since the last reset (Linux ``VmHWM``), in MiB; None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class StepMeter:
+    """Wall time and peak resident memory of each step of each strategy.
+
+    ``seconds[strategy][i]`` and ``peak_mb[strategy][i]`` (MiB, the whole process: the base, the
+    data and the caches included) cover everything the strategy did for task ``i``: training and
+    the evaluation after it. Peaks are per step where the kernel lets the peak be reset (Linux),
+    else they are the process's running peak (``peak_is_per_step`` False).
+    """
+
+    def __init__(self, T: int):
+        self.T = T
+        self.seconds: dict[str, list[float | None]] = {}
+        self.peak_mb: dict[str, list[float | None]] = {}
+        self.peak_is_per_step = True
+
+    def add(self, strategy: str, i: int, seconds: float, peak: float | None) -> None:
+        sec = self.seconds.setdefault(strategy, [None] * self.T)
+        mem = self.peak_mb.setdefault(strategy, [None] * self.T)
+        sec[i] = (sec[i] or 0.0) + seconds
+        if peak is not None:
+            mem[i] = max(mem[i] or 0.0, peak)
+
+    def step(self, strategy: str, i: int) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def measured():
+            self.peak_is_per_step = _reset_peak_rss() and self.peak_is_per_step
+            t = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.add(strategy, i, time.perf_counter() - t, _peak_rss_mb())
+
+        return measured()
+
+    def to_dict(self) -> dict[str, Any]:
+        public = [k for k in self.seconds if not k.startswith("_")]
+        return {"seconds": {k: self.seconds[k] for k in public}, "peak_rss_mb": {k: self.peak_mb[k] for k in public},
+                "peak_is_per_step": self.peak_is_per_step}
+
+
+def replay_buffer(splits: Sequence[Any], size: int) -> list[list[int]]:
+    """What a replay learner keeps of the tasks seen so far: per task, indices into its training
+    split; ``size // len(splits)`` rows each, stratified by class and ranked as the data policy
+    ranks caps (:func:`adaptreg.data.clean.cap_total_indices`), so a task's share shrinks as tasks
+    arrive but what it keeps stays a subset of what it kept before (up to rounding per class)."""
+    from ..data import clean
+
+    quota = size // max(1, len(splits))
+    return [clean.cap_total_indices([clean.key(t) for t in sp.texts], list(sp.y), quota) if quota else []
+            for sp in splits]
+
+
+def add_olora_block(peft_model: Any, blocks: list[str], config: Any, weight: float) -> Callable[[], Any] | None:
+    """O-LoRA's step: a new LoRA block (the model's first adapter for the first task), every block
+    active (their updates add up), only the new one trainable; returns the orthogonality penalty
+    against the older blocks (None for the first). ``blocks`` is extended in place."""
+    new = peft_model.active_adapter if not blocks else f"task{len(blocks)}"
+    if blocks:
+        peft_model.add_adapter(new, config)
+    blocks.append(new)
+    peft_model.base_model.set_adapter(list(blocks))
+    for name, p in peft_model.named_parameters():
+        p.requires_grad_(f".{new}." in name)
+    return orthogonality_penalty(peft_model, new, blocks[:-1], weight) if len(blocks) > 1 else None
+
+
+def orthogonality_penalty(peft_model: Any, new: str, old: Sequence[str], weight: float) -> Callable[[], Any]:
+    """O-LoRA's penalty: ``weight`` x sum over adapted modules and old blocks of |A_new A_old^T|."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    pairs = []
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer) and new in module.lora_A:
+            olds = [module.lora_A[k].weight.detach() for k in old if k in module.lora_A]
+            if olds:
+                pairs.append((module.lora_A[new].weight, torch.cat(olds, 0)))
+
+    def penalty() -> Any:
+        return weight * sum((a_new @ a_old.T).abs().sum() for a_new, a_old in pairs)
+
+    return penalty
+
+
 # --------------------------------------------------------------------------- the run
 
 class ContinualBenchmark:
@@ -205,7 +326,7 @@ class ContinualBenchmark:
 
     def __init__(self, scenario: Any, tasks: list[tuple[str, Any]], strategies: Sequence[str] | None = None, *,
                  work_dir: str | Path | None = None, joint_every_step: bool = False, merge_density: float = 0.5,
-                 progress: Callable[[str], None] | None = None):
+                 replay_buffer: int = 200, olora_lambda: float = 0.5, progress: Callable[[str], None] | None = None):
         if len(tasks) < 2:
             raise ConfigError(f"{len(tasks)} task(s) given: a continual benchmark needs at least 2")
         names = [n for n, _ in tasks]
@@ -217,6 +338,11 @@ class ContinualBenchmark:
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.joint_every_step = joint_every_step
         self.merge_density = merge_density
+        if replay_buffer < 0 or not math.isfinite(olora_lambda) or olora_lambda < 0:
+            raise ConfigError(f"replay_buffer == {replay_buffer}, olora_lambda == {olora_lambda}: both must be >= 0")
+        self.replay_buffer = int(replay_buffer)
+        self.olora_lambda = float(olora_lambda)
+        self.meter = StepMeter(len(tasks))
         self.say = progress or (lambda msg: logger.info(msg))
 
     # ------------------------------------------------------------------ helpers
@@ -284,11 +410,20 @@ class ContinualBenchmark:
                 t = time.perf_counter()
                 res.R["merged"] = self._merged()
                 res.timings["merged"] = res.timings["task_adapters"] + time.perf_counter() - t
+            self._checkpoint(res)
         if "seq-lora" in self.strategies:
             t = time.perf_counter()
             seed_everything(s.seed)
             res.R["seq-lora"] = self._seq_lora()
             res.timings["seq-lora"] = time.perf_counter() - t
+            self._checkpoint(res)
+        for name, method in (("replay", self._replay), ("o-lora", self._o_lora)):
+            if name in self.strategies:
+                t = time.perf_counter()
+                seed_everything(s.seed)
+                res.R[name] = method()
+                res.timings[name] = time.perf_counter() - t
+                self._checkpoint(res)
         if "joint" in self.strategies:
             t = time.perf_counter()
             seed_everything(s.seed)
@@ -297,8 +432,19 @@ class ContinualBenchmark:
             if not self.joint_every_step:
                 res.notes["joint"] = "trained once on all tasks: only the last row of R is measured"
         res.timings["total"] = time.perf_counter() - t0
+        res.extra["steps"] = self.meter.to_dict()
         res.compute_metrics()
         return res
+
+    def _checkpoint(self, res: BenchmarkResult) -> None:
+        """``partial.json`` in the work folder after each strategy: a long run that is stopped keeps
+        what it measured (the report proper is written at the end)."""
+        if self.work_dir is not None:
+            from .._util import dump_json
+
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            dump_json({**res.to_dict(), "extra": {**res.extra, "steps": self.meter.to_dict()}},
+                      self.work_dir / "partial.json")
 
     # ------------------------------------------------------------------ probe
     def _probe(self) -> list[float | None]:
@@ -314,41 +460,60 @@ class ContinualBenchmark:
     # ------------------------------------------------------------------ per-task adapters
     def _train_task_adapters(self) -> None:
         """Train each task's adapter once; keep LoRA weights + head in memory (and on disk for text)."""
-        from peft import get_peft_model_state_dict
-
         self.adapters: list[dict[str, Any]] = []
         self.adapter_acc: list[float | None] = []
         self.adapter_preds: list[np.ndarray] = []
         self.chosen: list[str] = []
         for j, (name, td) in enumerate(self.tasks):
             self.say(f"adapter {j + 1}/{self.T}: {name}")
-            trained = None
-            peft_model = None if self._text else self.scenario.new_peft()
-            try:
-                s = self._settings()
-                if self._text:  # exactly what `adaptreg onboard` registers: adapter or probe, chosen on validation
-                    trained = self.scenario.train_task(td, probe=True)
-                    model, peft_model = trained.model, trained.model.peft_model
-                    self.chosen.append(trained.chosen)
-                else:
-                    model = self.scenario.task_model(peft_model, td.n_labels)
-                    self._fit(model, td)
-                    self.chosen.append("adapter")
-                logits = _logits(model, self.scenario.tokenizer, td.test.texts, self.lengths[j] or s.max_length,
-                                 s.eval_batch_size, s.truncation)
-                pred = logits.argmax(-1)
-                self.adapter_preds.append(pred)
-                self.adapter_acc.append(_accuracy(pred, td.test.y))
-                state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
-                head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
-                entry = {"name": name, "lora": state, "head": head, "labels": list(td.labels), "dir": None}
-                if self.work_dir is not None and self._text:
-                    entry["dir"] = str(self._save_artifact(name, td, model, trained))
-                self.adapters.append(entry)
-            finally:
-                if peft_model is not None:
-                    self.scenario.release(peft_model)
+            with self._adapter_step(j):
+                self._train_one_adapter(j, name, td)
             self.say(f"  {name}: test accuracy {self.adapter_acc[-1]:.4f} ({self.chosen[-1]})")
+
+    def _adapter_step(self, j: int) -> Any:
+        """Meter a per-task adapter's training under every strategy that shares it."""
+        from contextlib import contextmanager
+
+        shared = [x for x in ADAPTER_STRATEGIES if x in self.strategies]
+
+        @contextmanager
+        def measured():
+            with self.meter.step("_adapters", j):
+                yield
+            for x in shared:
+                self.meter.add(x, j, self.meter.seconds["_adapters"][j], self.meter.peak_mb["_adapters"][j])
+
+        return measured()
+
+    def _train_one_adapter(self, j: int, name: str, td: Any) -> None:
+        from peft import get_peft_model_state_dict
+
+        trained = None
+        peft_model = None if self._text else self.scenario.new_peft()
+        try:
+            s = self._settings()
+            if self._text:  # exactly what `adaptreg onboard` registers: adapter or probe, chosen on validation
+                trained = self.scenario.train_task(td, probe=True)
+                model, peft_model = trained.model, trained.model.peft_model
+                self.chosen.append(trained.chosen)
+            else:
+                model = self.scenario.task_model(peft_model, td.n_labels)
+                self._fit(model, td)
+                self.chosen.append("adapter")
+            logits = _logits(model, self.scenario.tokenizer, td.test.texts, self.lengths[j] or s.max_length,
+                             s.eval_batch_size, s.truncation)
+            pred = logits.argmax(-1)
+            self.adapter_preds.append(pred)
+            self.adapter_acc.append(_accuracy(pred, td.test.y))
+            state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+            head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+            entry = {"name": name, "lora": state, "head": head, "labels": list(td.labels), "dir": None}
+            if self.work_dir is not None and self._text:
+                entry["dir"] = str(self._save_artifact(name, td, model, trained))
+            self.adapters.append(entry)
+        finally:
+            if peft_model is not None:
+                self.scenario.release(peft_model)
 
     def _save_artifact(self, name: str, td: Any, model: Any, trained: Any) -> Path:
         """A standard adapter artifact (PEFT dir + head + labels + manifest) for Predictor / merge."""
@@ -398,28 +563,33 @@ class ContinualBenchmark:
         R = _empty(self.T)
         routing: list[float | None] = []
         for i, (name, td) in enumerate(self.tasks):
-            # every labelled row the task came with (train + validation; never test)
-            router.add_task(name, np.concatenate([self._router_features(router, i, "train"),
-                                                  self._router_features(router, i, "val")]),
-                            list(td.train.y) + list(td.val.y))
-            seen = self.names[: i + 1]
-            correct_route = []
-            if predictor_ok:
-                predictor = self._predictor(router, i)
-            for j in range(i + 1):
-                tdj = self.tasks[j][1]
-                if predictor_ok:
-                    out = predictor.predict(list(tdj.test.texts), task=None)
-                    routed = [o["task"] for o in out]
-                    ok = [o["task"] == self.names[j] and o["label"] == tdj.labels[y] for o, y in zip(out, tdj.test.y)]
-                else:
-                    routed, _ = router.route(self._router_features(router, j, "test"))
-                    ok = [r == self.names[j] and p == y for r, p, y in zip(routed, self.adapter_preds[j], tdj.test.y)]
-                R[i][j] = float(np.mean(ok)) if ok else None
-                correct_route += [r == self.names[j] for r in routed]
-            routing.append(float(np.mean(correct_route)) if correct_route else None)
-            self.say(f"  adaptreg after {name}: routing accuracy {routing[-1]:.4f} over {len(seen)} tasks")
+            with self.meter.step("adaptreg", i):
+                routing.append(self._adaptreg_step(router, predictor_ok, R, i, name, td))
+            self.say(f"  adaptreg after {name}: routing accuracy {routing[-1]:.4f} over {i + 1} tasks")
         return R, routing
+
+    def _adaptreg_step(self, router: Any, predictor_ok: bool, R: list, i: int, name: str, td: Any) -> float | None:
+        """Step i of ``adaptreg``: add task i to the router, then route and predict every seen task's test rows.
+        Fills ``R[i]``; returns the routing accuracy over those rows."""
+        # every labelled row the task came with (train + validation; never test)
+        router.add_task(name, np.concatenate([self._router_features(router, i, "train"),
+                                              self._router_features(router, i, "val")]),
+                        list(td.train.y) + list(td.val.y))
+        correct_route = []
+        if predictor_ok:
+            predictor = self._predictor(router, i)
+        for j in range(i + 1):
+            tdj = self.tasks[j][1]
+            if predictor_ok:
+                out = predictor.predict(list(tdj.test.texts), task=None)
+                routed = [o["task"] for o in out]
+                ok = [o["task"] == self.names[j] and o["label"] == tdj.labels[y] for o, y in zip(out, tdj.test.y)]
+            else:
+                routed, _ = router.route(self._router_features(router, j, "test"))
+                ok = [r == self.names[j] and p == y for r, p, y in zip(routed, self.adapter_preds[j], tdj.test.y)]
+            R[i][j] = float(np.mean(ok)) if ok else None
+            correct_route += [r == self.names[j] for r in routed]
+        return float(np.mean(correct_route)) if correct_route else None
 
     def _predictor(self, router: Any, i: int) -> Any:
         from ..compose.predict import Predictor
@@ -434,18 +604,18 @@ class ContinualBenchmark:
             if i == 0:  # one adapter merged with nothing is itself
                 R[0][0] = self.adapter_acc[0]
                 continue
-            if self.scenario.kind == "text" and all(a["dir"] for a in self.adapters[: i + 1]):
-                R[i][: i + 1] = self._merged_artifact(i)
-                self.say(f"  merged after {self.names[i]}: ACC {M.average_accuracy(R, i):.4f}")
-                continue
-            peft_model = self._merged_peft(i)
-            try:
-                for j in range(i + 1):
-                    model = self.scenario.task_model(peft_model, self.tasks[j][1].n_labels)
-                    model.head.load_state_dict(self.adapters[j]["head"])
-                    R[i][j] = self._eval_model(model, j)
-            finally:
-                self.scenario.release(peft_model)
+            with self.meter.step("merged", i):
+                if self.scenario.kind == "text" and all(a["dir"] for a in self.adapters[: i + 1]):
+                    R[i][: i + 1] = self._merged_artifact(i)
+                else:
+                    peft_model = self._merged_peft(i)
+                    try:
+                        for j in range(i + 1):
+                            model = self.scenario.task_model(peft_model, self.tasks[j][1].n_labels)
+                            model.head.load_state_dict(self.adapters[j]["head"])
+                            R[i][j] = self._eval_model(model, j)
+                    finally:
+                        self.scenario.release(peft_model)
             self.say(f"  merged after {self.names[i]}: ACC {M.average_accuracy(R, i):.4f}")
         return R
 
@@ -485,23 +655,104 @@ class ContinualBenchmark:
         return peft_model
 
     # ------------------------------------------------------------------ seq-lora
+    def _shared_fit(self, td: Any, peft_model: Any, head: Any = None, regularizer: Any = None) -> Any:
+        """Train ``peft_model`` (kept, not unloaded) and a head on ``td``; returns the TaskModel."""
+        if self._text:
+            return self.scenario.train_task(td, probe=False, peft_model=peft_model, head=head,
+                                            regularizer=regularizer).model
+        from ..train import fit
+
+        model = self.scenario.task_model(peft_model, td.n_labels)
+        if head is not None:
+            model.head = head
+        fit(model, self.scenario.tokenizer, td, self._settings(), progress=False, regularizer=regularizer)
+        return model
+
+    def _eval_heads(self, R: list, i: int, peft_model: Any, heads: list[Any]) -> None:
+        for j in range(i + 1):
+            m = self.scenario.task_model(peft_model, self.tasks[j][1].n_labels)
+            m.head = heads[j]
+            R[i][j] = self._eval_model(m, j)
+
     def _seq_lora(self) -> list[list[float | None]]:
         R = _empty(self.T)
         peft_model = self.scenario.new_peft()
-        heads = []
+        heads: list[Any] = []
         try:
             for i, (name, td) in enumerate(self.tasks):
-                if self._text:
-                    model = self.scenario.train_task(td, probe=False, peft_model=peft_model).model
-                else:
-                    model = self.scenario.task_model(peft_model, td.n_labels)
-                    self._fit(model, td)
-                heads.append(model.head)
-                for j in range(i + 1):
-                    m = self.scenario.task_model(peft_model, self.tasks[j][1].n_labels)
-                    m.head = heads[j]
-                    R[i][j] = self._eval_model(m, j)
+                with self.meter.step("seq-lora", i):
+                    heads.append(self._shared_fit(td, peft_model).head)
+                    self._eval_heads(R, i, peft_model, heads)
                 self.say(f"  seq-lora after {name}: {[round(v, 3) for v in R[i][: i + 1]]}")
+        finally:
+            self.scenario.release(peft_model)
+        return R
+
+    # ------------------------------------------------------------------ replay
+    def _replay(self) -> list[list[float | None]]:
+        import torch
+
+        from ..data.tasks import Split, TaskData
+
+        R = _empty(self.T)
+        peft_model = self.scenario.new_peft()
+        labels: list[str] = []
+        spans: list[tuple[int, int]] = []
+        buffer: list[list[int]] = []  # per earlier task: indices into its training split
+        head = None
+        try:
+            for i, (name, td) in enumerate(self.tasks):
+                with self.meter.step("replay", i):
+                    lo = len(labels)
+                    labels += [f"{name}:{lab}" for lab in td.labels]
+                    spans.append((lo, len(labels)))
+                    texts, ys = list(td.train.texts), [lo + y for y in td.train.y]
+                    for j, keep in enumerate(buffer):
+                        tdj = self.tasks[j][1]
+                        texts += [tdj.train.texts[k] for k in keep]
+                        ys += [spans[j][0] + tdj.train.y[k] for k in keep]
+                    val = Split(list(td.val.texts), [lo + y for y in td.val.y])
+                    step = TaskData(labels=list(labels), train=Split(texts, ys), val=val, test=val,
+                                    source=f"replay step {i + 1}", fingerprint="")
+                    new_head = torch.nn.Linear(self.scenario.hidden_size, len(labels))
+                    if head is not None:  # the old tasks' rows carry over; the new task's start fresh
+                        with torch.no_grad():
+                            new_head.weight[:lo] = head.weight
+                            new_head.bias[:lo] = head.bias
+                    head = self._shared_fit(step, peft_model, head=new_head).head
+                    model = self.scenario.task_model(peft_model, len(labels))
+                    model.head = head
+                    for j in range(i + 1):
+                        R[i][j] = self._eval_span(model, j, spans[j])
+                    buffer = replay_buffer([tdj.train for _, tdj in self.tasks[: i + 1]], self.replay_buffer)
+                self.say(f"  replay after {name} ({sum(map(len, buffer))} rows buffered): "
+                         f"{[round(v, 3) for v in R[i][: i + 1]]}")
+        finally:
+            self.scenario.release(peft_model)
+        return R
+
+    def _eval_span(self, model: Any, j: int, span: tuple[int, int]) -> float | None:
+        """Task j's accuracy from the columns ``span`` of a union output layer."""
+        s = self._settings()
+        tdj = self.tasks[j][1]
+        logits = _logits(model, self.scenario.tokenizer, tdj.test.texts, self.lengths[j] or s.max_length,
+                         s.eval_batch_size, s.truncation)
+        return _accuracy(logits[:, span[0]:span[1]].argmax(-1), tdj.test.y)
+
+    # ------------------------------------------------------------------ O-LoRA
+    def _o_lora(self) -> list[list[float | None]]:
+        R = _empty(self.T)
+        peft_model = self.scenario.new_peft()
+        config = peft_model.peft_config[peft_model.active_adapter]
+        blocks: list[str] = []
+        heads: list[Any] = []
+        try:
+            for i, (name, td) in enumerate(self.tasks):
+                with self.meter.step("o-lora", i):
+                    reg = add_olora_block(peft_model, blocks, config, self.olora_lambda)
+                    heads.append(self._shared_fit(td, peft_model, regularizer=reg).head)
+                    self._eval_heads(R, i, peft_model, heads)
+                self.say(f"  o-lora after {name}: {[round(v, 3) for v in R[i][: i + 1]]}")
         finally:
             self.scenario.release(peft_model)
         return R
@@ -512,25 +763,16 @@ class ContinualBenchmark:
         steps = range(self.T) if self.joint_every_step else [self.T - 1]
         for i in steps:
             td, spans = _union_task(self.tasks[: i + 1])
-            peft_model = None if self._text else self.scenario.new_peft()
-            try:
-                s = self._settings()
-                if self._text:
-                    trained = self.scenario.train_task(td, probe=False)
-                    model, peft_model, length = trained.model, trained.model.peft_model, trained.max_length
-                else:
-                    model = self.scenario.task_model(peft_model, td.n_labels)
-                    self._fit(model, td)
-                    length = s.max_length
-                for j in range(i + 1):
-                    tdj = self.tasks[j][1]
-                    lo, hi = spans[j]
-                    logits = _logits(model, self.scenario.tokenizer, tdj.test.texts, length, s.eval_batch_size,
-                                     s.truncation)
-                    R[i][j] = _accuracy(logits[:, lo:hi].argmax(-1), tdj.test.y)
-            finally:
-                if peft_model is not None:
-                    self.scenario.release(peft_model)
+            peft_model = None
+            with self.meter.step("joint", i):
+                try:
+                    peft_model = self.scenario.new_peft()
+                    model = self._shared_fit(td, peft_model)
+                    for j in range(i + 1):
+                        R[i][j] = self._eval_span(model, j, spans[j])
+                finally:
+                    if peft_model is not None:
+                        self.scenario.release(peft_model)
             self.say(f"  joint on {i + 1} tasks: {[round(v, 3) for v in R[i][: i + 1]]}")
         return R
 
@@ -589,10 +831,12 @@ def task_name(spec: str) -> str:
 
 
 def load_text_tasks(specs: Sequence[str], max_per_class: int | None, seed: int,
-                    test_per_class: int | None = None) -> list[tuple[str, Any]]:
+                    test_per_class: int | None = None, max_per_task: int | None = None) -> list[tuple[str, Any]]:
     """``(name, TaskData)`` per spec. ``test_per_class`` (catalog tasks only) replaces the test split
     by up to that many test texts per class from the dataset's full test split (lowest sha256
-    first, so sizes nest), instead of the test share that ``max_per_class`` keeps."""
+    first, so sizes nest), instead of the test share that ``max_per_class`` keeps.
+    ``max_per_task`` then caps each task's labelled rows (train + validation) at that many,
+    stratified (:func:`cap_task`); the test split is left as it is."""
     from ..data.tasks import load_task
 
     out, seen = [], set()
@@ -604,8 +848,29 @@ def load_text_tasks(specs: Sequence[str], max_per_class: int | None, seed: int,
         td = load_task(spec, seed=seed, max_per_class=max_per_class)
         if test_per_class is not None:
             td = _with_test_cap(spec, td, test_per_class)
+        if max_per_task is not None:
+            td = cap_task(td, max_per_task)
         out.append((name, td))
     return out
+
+
+def cap_task(td: Any, total: int) -> Any:
+    """At most ``total`` labelled rows (train + validation), each split keeping its share and each
+    class its share within a split (:func:`adaptreg.data.clean.cap_total_indices`)."""
+    from ..data import clean
+    from ..data.tasks import Split
+
+    n_train, n_val = len(td.train), len(td.val)
+    if total < 2:
+        raise ConfigError(f"max_per_task == {total}, must be >= 2 (a training and a validation row)")
+    if n_train + n_val <= total:
+        return td
+    n_val_keep = max(1, round(total * n_val / (n_train + n_val))) if n_val else 0
+    for split, keep_n in (("train", total - n_val_keep), ("val", n_val_keep)):
+        part = getattr(td, split)
+        idx = clean.cap_total_indices([clean.key(t) for t in part.texts], list(part.y), keep_n)
+        setattr(td, split, Split([part.texts[i] for i in idx], [part.y[i] for i in idx]))
+    return td
 
 
 def _with_test_cap(spec: str, td: Any, per_class: int) -> Any:
@@ -643,6 +908,9 @@ def run_continual(
     train: Any = None,
     max_per_class: int | None = None,
     test_per_class: int | None = None,
+    max_per_task: int | None = None,
+    replay_buffer: int = 200,
+    olora_lambda: float = 0.5,
     out: str | Path | None = None,
     registry: str | None = None,
     mlflow: bool = True,
@@ -679,15 +947,19 @@ def run_continual(
         lb = base if isinstance(base, LoadedBase) else load_base(base)
         scenario = TextScenario(lb, train, lora)
         say(f"loading {len(tasks)} tasks")
-        task_list = load_text_tasks(tasks, max_per_class, train.seed, test_per_class)
+        task_list = load_text_tasks(tasks, max_per_class, train.seed, test_per_class, max_per_task)
         base_id = lb.id
         scenario_name = "text"
     bench = ContinualBenchmark(scenario, task_list, strategies, work_dir=out, joint_every_step=joint_every_step,
-                               progress=say)
+                               replay_buffer=replay_buffer, olora_lambda=olora_lambda, progress=say)
     result = bench.run()
     result.scenario = scenario_name
     result.settings = {
-        "tasks": tasks, "base": base_id, "max_per_class": max_per_class, "test_per_class": test_per_class, "lora": lora.to_dict(), "train": train.to_dict(),
+        "tasks": tasks, "base": base_id, "max_per_class": max_per_class, "test_per_class": test_per_class,
+        "max_per_task": max_per_task, "lora": lora.to_dict(), "train": train.to_dict(),
+        "replay": {"buffer": bench.replay_buffer, "head": "one output layer over the task:label classes seen so far",
+                   "validation": "the new task's only"},
+        "o_lora": {"lambda_orthogonal": bench.olora_lambda, "penalty": "sum |A_new A_old^T| over adapted modules"},
         "joint_every_step": joint_every_step, "merge": {"method": "ties", "density": bench.merge_density},
         "router": {"threshold": "inf (closed world: never abstains)", "features": "frozen base, mean-pooled"},
         "data": {n: td.summary() for n, td in task_list},
@@ -699,6 +971,7 @@ def run_continual(
         from .report import write_report
 
         write_report(result, out)
+        (Path(out) / "partial.json").unlink(missing_ok=True)  # the whole report is there now
         say(f"report written to {out}")
     if mlflow:
         from .report import log_to_mlflow

@@ -90,6 +90,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         ra = results["extra"]["routing_accuracy"]
         out += ["Router accuracy on the test rows of the tasks seen so far, after each step: "
                 + ", ".join(fmt_points(v) for v in ra), ""]
+    steps = results.get("extra", {}).get("steps")
+    if steps and steps.get("seconds"):
+        out += ["## Cost per step", "", step_table(results), "",
+                "Seconds: wall time of everything the strategy did for that task (training, then the evaluation "
+                "of every task seen so far). `adaptreg` and `oracle` share the per-task adapters, so their "
+                "training time is counted in both. Peak MiB: the process's peak resident memory during the step "
+                + ("(reset before each step)." if steps.get("peak_is_per_step") else "(running peak: this platform cannot reset it)."),
+                "", "![cost per step](steps.png)", ""]
     for s in results["strategies"]:
         out += [f"## {s}", ""]
         if results.get("notes", {}).get(s):
@@ -101,6 +109,62 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     out += [to_json(results.get("settings", {})), "```", ""]
     return "\n".join(out)
+
+
+def step_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per step; per strategy its seconds and peak MiB; the router's accuracy."""
+    steps = results["extra"]["steps"]
+    names = [s for s in results["strategies"] if s in steps["seconds"]]
+    routing = results.get("extra", {}).get("routing_accuracy") or []
+    head = ["step", "task"] + (["router acc."] if routing else []) + [f"{s} s / MiB" for s in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(s: str, i: int) -> str:
+        sec, mem = steps["seconds"][s][i], steps["peak_rss_mb"].get(s, [None] * (i + 1))[i]
+        return "-" if sec is None else f"{sec:.0f} / {mem:.0f}" if mem is not None else f"{sec:.0f} / -"
+
+    for i, t in enumerate(results["tasks"]):
+        row = [str(i + 1), t] + ([fmt_points(routing[i]) if i < len(routing) else "-"] if routing else [])
+        lines.append("| " + " | ".join(row + [cell(s, i) for s in names]) + " |")
+    return "\n".join(lines)
+
+
+def plot_steps(results: dict[str, Any], path: Path) -> None:
+    """Seconds and peak memory per step, one line per strategy; the router's accuracy if measured."""
+    from matplotlib.figure import Figure  # no pyplot: the application's backend is left alone
+
+    steps = results["extra"]["steps"]
+    tasks = results["tasks"]
+    routing = results.get("extra", {}).get("routing_accuracy") or []
+    panels = [("seconds", "seconds per step"), ("peak_rss_mb", "peak memory (MiB)")]
+    fig = Figure(figsize=(max(6.0, 0.75 * len(tasks) + 2.5) * (len(panels) + bool(routing)) / 2, 3.8), dpi=100)
+    axes = fig.subplots(1, len(panels) + bool(routing))
+    for ax, (key, label) in zip(axes, panels):
+        for s in results["strategies"]:
+            ys = steps[key].get(s)
+            pts = [(i + 1, v) for i, v in enumerate(ys or []) if v is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=s)
+        ax.set_ylabel(label)
+    if routing:
+        ax = axes[-1]
+        pts = [(i + 1, 100 * v) for i, v in enumerate(routing) if v is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color="black")
+        ax.set_ylabel("router accuracy (%)")
+    for ax in axes:
+        _task_axis(ax, tasks)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _task_axis(ax: Any, tasks: list[str]) -> None:
+    """x axis = steps; names under the numbers, turned when many tasks would overlap."""
+    many = len(tasks) > 6
+    ax.set_xticks(range(1, len(tasks) + 1), [f"{i + 1} {t}" if many else f"{i + 1}\n{t}" for i, t in enumerate(tasks)],
+                  fontsize=7, rotation=35 if many else 0, ha="right" if many else "center")
+    ax.set_xlabel("after onboarding task")
+    ax.grid(alpha=0.3)
 
 
 def _slug(s: str) -> str:
@@ -136,18 +200,16 @@ def plot_curves(results: dict[str, Any], key: str, path: Path, ylabel: str) -> N
     from matplotlib.figure import Figure  # no pyplot: the application's backend is left alone
 
     tasks = results["tasks"]
-    fig = Figure(figsize=(6, 3.6), dpi=100)
+    fig = Figure(figsize=(max(6.0, 0.75 * len(tasks) + 2.5), 3.8), dpi=100)
     ax = fig.subplots()
     for s in results["strategies"]:
         ys = results["metrics"][s][key]
         pts = [(i + 1, 100 * v) for i, v in enumerate(ys) if v is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
-    ax.set_xticks(range(1, len(tasks) + 1), [f"{i + 1}\n{t}" for i, t in enumerate(tasks)], fontsize=7)
-    ax.set_xlabel("after onboarding task")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=s)
+    _task_axis(ax, tasks)
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
 
@@ -165,6 +227,8 @@ def write_report(result: Any, out: str | os.PathLike) -> Path:
         plot_heatmap(results["R"][s], results["tasks"], out / f"R_{_slug(s)}.png", f"R: {s}")
     plot_curves(results, "acc_curve", out / "acc_curve.png", "ACC (%)")
     plot_curves(results, "forgetting_curve", out / "forgetting_curve.png", "forgetting (points)")
+    if results.get("extra", {}).get("steps", {}).get("seconds"):
+        plot_steps(results, out / "steps.png")
     (out / "report.md").write_text(render_markdown(results), encoding="utf-8")
     return out
 
@@ -232,6 +296,13 @@ def log_to_mlflow(result: Any, registry: Any = None, experiment: str = "adaptreg
                            for step, v in enumerate(m[key]) if v is not None]
                 if results.get("timings", {}).get(s) is not None:
                     ms.append(Metric("seconds", float(results["timings"][s]), now, 0))
+                steps = results.get("extra", {}).get("steps") or {}
+                for key, name in (("seconds", "step_seconds"), ("peak_rss_mb", "step_peak_rss_mb")):
+                    ms += [Metric(name, float(v), now, step) for step, v in enumerate(steps.get(key, {}).get(s) or [])
+                           if v is not None]
+                if s == "adaptreg":
+                    ms += [Metric("router_accuracy_after_step", float(v), now, step)
+                           for step, v in enumerate(results.get("extra", {}).get("routing_accuracy") or []) if v is not None]
                 for i in range(0, len(ms), 100):
                     write(client.log_batch, cid, metrics=ms[i:i + 100])
                 R = results["R"][s]

@@ -231,6 +231,40 @@ def cap_rows(rows: list[tuple[str, str]], cap: int) -> list[tuple[str, str]]:
     return [rows[i] for i in cap_indices([key(t) for t, _ in rows], [lab for _, lab in rows], cap)]
 
 
+def cap_total_indices(keys: list[bytes], labels: list[Any], total: int) -> list[int]:
+    """Indices kept when capping a whole split at ``total`` rows, stratified: each class keeps a
+    share proportional to its size (largest remainders, at least one row per class while
+    ``total`` allows), its rows ranked as in :func:`cap_indices`, so per-class and per-task caps
+    pick from the same order. Original order kept."""
+    if total < 1:
+        raise DataError(f"max_per_task == {total}, must be >= 1")
+    if len(keys) <= total:
+        return list(range(len(keys)))
+    counts: dict[Any, int] = {}
+    for lab in labels:
+        counts[lab] = counts.get(lab, 0) + 1
+    classes = sorted(counts, key=lambda c: (-counts[c], str(c)))
+    exact = {c: total * counts[c] / len(keys) for c in classes}
+    quota = {c: min(counts[c], max(1 if total >= len(classes) else 0, int(exact[c]))) for c in classes}
+    left = total - sum(quota.values())
+    for c in sorted(classes, key=lambda c: -(exact[c] - int(exact[c]))):
+        if left <= 0:
+            break
+        if quota[c] < counts[c]:
+            quota[c] += 1
+            left -= 1
+    while left < 0:  # the one-per-class floor overshot: take back from the largest quotas
+        c = max(classes, key=lambda c: quota[c])
+        quota[c] -= 1
+        left += 1
+    ranks = [_rank("adaptreg-cap", k) for k in keys]
+    by_class: dict[Any, list[int]] = {}
+    for i in sorted(range(len(keys)), key=ranks.__getitem__):
+        by_class.setdefault(labels[i], []).append(i)
+    keep = {i for c, members in by_class.items() for i in members[: quota[c]]}
+    return [i for i in range(len(keys)) if i in keep]
+
+
 def held_out_cap(cap: int, n_train: int, n_test: int) -> int:
     """Per-class cap of a drawn test split when training is capped at ``cap``: same test/train ratio."""
     return max(1, int(cap * n_test / max(n_train, 1) + 0.5))
@@ -256,6 +290,6 @@ def split_val(rows: list[tuple[str, str]], fraction: float, seed: int, where: st
 
 
 __all__ = [
-    "HELD_OUT_FIRST", "PARTS", "POLICY", "SPLIT_SEED", "TEST_FRACTION", "cap_indices", "cap_rows", "check_splittable",
+    "HELD_OUT_FIRST", "PARTS", "POLICY", "SPLIT_SEED", "TEST_FRACTION", "cap_indices", "cap_rows", "cap_total_indices", "check_splittable",
     "clean_parts", "clean_rows", "drop_conflicts_across", "held_out_cap", "key", "norm", "split_test", "split_val", "stratified_split",
 ]
