@@ -85,7 +85,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             if not overwrite:
                 from .errors import AdaptregError
 
-                raise AdaptregError(f"{final} already exists; choose another --output or pass --overwrite")
+                raise AdaptregError(f"{final} already exists; choose another output folder or pass --overwrite")
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -152,7 +152,7 @@ def _config_error(msg: str) -> Exception:
     return ConfigError(msg)
 
 
-def check_output_dir(path: str | os.PathLike, option: str = "--output", overwrite: bool | None = False) -> Path:
+def check_output_dir(path: str | os.PathLike, option: str = "--out", overwrite: bool | None = False) -> Path:
     """Refuse, before any work, a folder output that could not be written at the end.
 
     Missing parent folders are allowed: they are created when the result is written (with

@@ -206,3 +206,40 @@ def test_merge_checks_the_new_task_name_before_opening_anything(tmp_path):
     line = one_error_line(res, "task name 'news+spam' is invalid")
     assert line.startswith("error: ")
     assert not (tmp_path / "registry").exists()
+
+
+# --------------------------------------------------------------------------- folders --out, files --output
+
+FOLDER_OUT = {"onboard": ["onboard", "t", "--data", "x.csv"], "merge": ["merge", "a", "b", "--name", "m"]}
+
+
+@pytest.mark.parametrize("path", sorted(FOLDER_OUT))
+def test_folder_option_is_out_and_output_is_hidden(path):
+    res = CliRunner().invoke(main, [path, "--help"])
+    assert "--out DIR" in res.stdout and "--output" not in res.stdout, res.stdout
+    opts = {o: p for p in COMMANDS[path].params for o in p.opts}
+    assert opts["--output"].hidden and not opts["--out"].hidden
+
+
+@pytest.mark.parametrize("path", sorted(FOLDER_OUT))
+def test_out_and_deprecated_output_together_exit_2(path, tmp_path):
+    res = CliRunner().invoke(main, FOLDER_OUT[path] + ["--out", str(tmp_path / "a"), "--output", str(tmp_path / "b"),
+                                                       "--registry", str(tmp_path / "reg"), "--json"])
+    one_error_line(res, "--out ", "--output ", "both given")
+    assert not any(tmp_path.iterdir())  # nothing opened or written
+
+
+def test_deprecated_output_warns_then_acts_as_out(tmp_path):
+    """merge --output DIR: the deprecation line, then the folder is checked exactly as --out's
+    (a path under a plain file is refused naming --out), before the registry is opened."""
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, ["merge", "a", "b", "--name", "m", "--output", str(blocker / "m"),
+                                    "--registry", str(tmp_path / "reg")])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2, res.stderr
+    assert lines[0] == ("warning: --output is deprecated for a folder; use --out DIR "
+                        "(--output will be removed in the next release)")
+    assert lines[1].startswith(f"error: --out {blocker / 'm'}: ") and "not a directory" in lines[1], lines[1]
+    assert not (tmp_path / "reg").exists()

@@ -172,12 +172,12 @@ RUN: dict[str, list[str] | None] = {
     "adaptreg predict --data reviews.jsonl --task movies --threshold 1.5":
         ["predict", "--data", "reviews.jsonl", "--task", "news", "--threshold", "1.5"],
     "adaptreg onboard bbc --data bbc-news --base minilm --max-length 128 --epochs 3 --no-register "
-    "--output runs/bbc --json": None,
+    "--out runs/bbc --json": None,
 }
 
 # The real MiniLM (the default --base): run as written by the slow test, on the fake catalog data.
 SLOW = {
-    "/usr/bin/time -v adaptreg onboard bbc --data bbc-news --no-register --output runs/bbc --json -q":
+    "/usr/bin/time -v adaptreg onboard bbc --data bbc-news --no-register --out runs/bbc --json -q":
         "default --base minilm",
     "adaptreg onboard news --data bbc-news ...": "default --base minilm",
 }
@@ -442,7 +442,7 @@ def test_doc_commands_run(doc_world):
     two = json.loads(outputs['adaptreg predict --text "The striker scored twice" --text "Shares fell 3%" --json'].stdout)
     assert [r["text"] for r in two] == ["The striker scored twice", "Shares fell 3%"]
     bbc = json.loads(outputs["adaptreg onboard bbc --data bbc-news --base minilm --max-length 128 --epochs 3 "
-                             "--no-register --output runs/bbc --json"].stdout)
+                             "--no-register --out runs/bbc --json"].stdout)
     assert bbc["version"] is None and (work / "runs" / "bbc" / "manifest.json").is_file()
     assert bbc["training"]["epochs_planned"] == 3
 

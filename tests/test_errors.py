@@ -79,7 +79,7 @@ def one_task(tiny_base, tmp_path_factory):
 @pytest.mark.parametrize("spec, needle", [("a@x", "'x'"), ("a@", "after '@'"), ("a@0", "'0'"), ("@2", "task name")])
 def test_onboard_bad_init_from_selector(spec, needle, tmp_path, toy_csv, tiny_base, no_model_loading):
     res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--init-from", spec,
-               "--no-register", "--output", tmp_path / "out")
+               "--no-register", "--out", tmp_path / "out")
     line = _one_line_error(res, "--init-from", needle)
     assert "TASK@VERSION" in line
     assert not (tmp_path / "out").exists()
@@ -127,26 +127,26 @@ def test_merge_adapters_rejects_non_finite_weights_in_the_library(tmp_path):
         merge_adapters(["a", "b"], name="m", weights=[float("nan"), 1.0], registry=str(tmp_path / "reg"))
 
 
-# --------------------------------------------------------------------------- 4. --output locations
+# --------------------------------------------------------------------------- 4. output locations (folders --out, files --output)
 
 def test_onboard_output_under_a_file_is_refused(tmp_path, toy_csv, tiny_base, no_model_loading):
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")
-    res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register", "--output", blocker / "out")
-    _one_line_error(res, "--output", str(blocker), "not a directory")
+    res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register", "--out", blocker / "out")
+    _one_line_error(res, "--out", str(blocker), "not a directory")
 
 
 def test_onboard_existing_output_is_refused_before_training(tmp_path, toy_csv, tiny_base, no_model_loading):
     (tmp_path / "out").mkdir()
-    res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register", "--output", tmp_path / "out")
-    _one_line_error(res, "--output", str(tmp_path / "out"), "already exists", "--overwrite")
+    res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register", "--out", tmp_path / "out")
+    _one_line_error(res, "--out", str(tmp_path / "out"), "already exists", "--overwrite")
 
 
 @pytest.mark.skipif(not ON_LINUX_PROC, reason="needs a read-only /proc")
 def test_onboard_unwritable_output_is_refused(toy_csv, tiny_base, no_model_loading):
     res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register",
-               "--output", "/proc/adaptreg-no-such/out")
-    _one_line_error(res, "--output", "/proc", "cannot write")
+               "--out", "/proc/adaptreg-no-such/out")
+    _one_line_error(res, "--out", "/proc", "cannot write")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
@@ -155,8 +155,8 @@ def test_unwritable_output_dir_is_refused_for_a_normal_user(tmp_path, toy_csv, t
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register", "--output", ro / "out")
-        _one_line_error(res, "--output", str(ro), "cannot write")
+        res = _cli("onboard", "t", "--data", toy_csv, "--base", tiny_base, "--no-register", "--out", ro / "out")
+        _one_line_error(res, "--out", str(ro), "cannot write")
     finally:
         ro.chmod(0o755)
 
@@ -164,8 +164,8 @@ def test_unwritable_output_dir_is_refused_for_a_normal_user(tmp_path, toy_csv, t
 def test_merge_and_export_outputs_are_checked_first(tmp_path, no_model_loading):
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")
-    res = _cli("merge", "a", "b", "--name", "m", "--output", blocker / "m", "--registry", tmp_path / "reg")
-    _one_line_error(res, "--output", str(blocker))
+    res = _cli("merge", "a", "b", "--name", "m", "--out", blocker / "m", "--registry", tmp_path / "reg")
+    _one_line_error(res, "--out", str(blocker))
     res = _cli("export", "a", "--merged", blocker / "m", "--registry", tmp_path / "reg")
     _one_line_error(res, "--merged", str(blocker))
 
@@ -192,7 +192,7 @@ def test_folder_outputs_create_missing_parents_and_nothing_before(tmp_path):
     from adaptreg._util import check_output_dir, check_output_file
 
     target = tmp_path / "a" / "b" / "out"
-    assert check_output_dir(target, "--output") == target
+    assert check_output_dir(target, "--out") == target
     assert not (tmp_path / "a").exists()  # checking writes nothing
     with pytest.raises(ConfigError, match="does not exist"):
         check_output_file(tmp_path / "a" / "p.csv", "--output")
@@ -225,7 +225,7 @@ def test_pickle_only_base_is_refused_without_unpickling(tmp_path, tiny_base, toy
         raise AssertionError("torch.load was called on a pickle file")
 
     monkeypatch.setattr(torch, "load", no_unpickling)
-    res = _cli("onboard", "t", "--data", toy_csv, "--base", pickled, "--no-register", "--output", tmp_path / "out")
+    res = _cli("onboard", "t", "--data", toy_csv, "--base", pickled, "--no-register", "--out", tmp_path / "out")
     _one_line_error(res, str(pickled), "pytorch_model.bin", "safetensors")
     assert not (tmp_path / "out").exists()
     from adaptreg.base import load_base, resolve_base

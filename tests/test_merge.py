@@ -172,10 +172,11 @@ def test_cli_merge_and_export(world, tmp_path, tmp_path_factory):
     runner = CliRunner()
     loc = str(tmp_path / "reg")
     res = runner.invoke(main, ["merge", "topic", "senti", "--name", "both", "--method", "ties", "--density", "0.7",
-                               "--no-eval", "--json", "--registry", loc])
+                               "--no-eval", "--out", str(tmp_path / "merged"), "--json", "--registry", loc])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["version"] == 1 and [p["task"] for p in summary["parents"]] == ["topic", "senti"]
+    assert (tmp_path / "merged" / "manifest.json").is_file()  # --out: the folder gets the merged artifact too
     res = runner.invoke(main, ["merge", "topic", "--name", "x", "--registry", loc])
     assert res.exit_code == 2 and "at least 2" in res.output
     res = runner.invoke(main, ["export", "both", "--merged", str(tmp_path / "exp"), "--json", "--registry", loc])

@@ -242,10 +242,22 @@ def test_wrong_targets_is_clear(trained, tmp_path):
 
 def test_cli_onboard_json(tiny_base, toy_csv, tmp_path):
     r = CliRunner().invoke(main, ["onboard", "toy", "--data", str(toy_csv), "--base", str(tiny_base), "--epochs", "1",
-                                  "--max-length", "32", "--no-register", "--output", str(tmp_path / "a"), "-q", "--json"])
+                                  "--max-length", "32", "--no-register", "--out", str(tmp_path / "a"), "-q", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["task"] == "toy" and out["base_unchanged"] is True and 0 <= out["metrics"]["test_accuracy"] <= 1
+
+
+def test_cli_onboard_deprecated_output_still_works(tiny_base, toy_csv, tmp_path):
+    """The old folder spelling --output: one deprecation line on stderr, then exactly --out."""
+    r = CliRunner().invoke(main, ["onboard", "toy", "--data", str(toy_csv), "--base", str(tiny_base), "--epochs", "1",
+                                  "--max-length", "32", "--no-probe", "--no-register", "--output", str(tmp_path / "a"),
+                                  "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    warning = ("warning: --output is deprecated for a folder; use --out DIR "
+               "(--output will be removed in the next release)")
+    assert r.stderr.splitlines()[0] == warning and r.stderr.count("warning:") == 1, r.stderr
+    assert json.loads(r.stdout)["task"] == "toy" and (tmp_path / "a" / "manifest.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -255,7 +267,7 @@ def test_cli_onboard_json(tiny_base, toy_csv, tmp_path):
         (["--data", "{toy}", "--text-col", "body"], "no column 'body'"),
         (["--data", "{toy}", "--rank", "0"], "rank == 0"),
         (["--data", "{toy}", "--base", "/nonexistent/model"], "not a model directory"),
-        (["--data", "{toy}", "--no-register"], "--output"),
+        (["--data", "{toy}", "--no-register"], "give --out DIR"),
     ],
 )
 def test_cli_bad_input_one_line(toy_csv, tiny_base, tmp_path, args, message):

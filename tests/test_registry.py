@@ -292,8 +292,13 @@ def test_cli_json_and_human(reg2, tmp_path):
     assert diff["params"] and all(r["differs"] for r in diff["params"])
     human = _cli("diff", "news", "1", "2", registry=reg2).stdout
     assert "== params" in human and any(line.startswith("*") and "training.seed" in line for line in human.splitlines())
-    rows = json.loads(_cli("compare", "--json", registry=reg2).stdout)
+    as_json = _cli("compare", "--json", registry=reg2)
+    rows = json.loads(as_json.stdout)
     assert [r["version"] for r in rows] == [2, 1]
+    # the old spelling --format json: the same JSON, after one deprecation line on stderr
+    old = _cli("compare", "--format", "json", registry=reg2)
+    assert old.exit_code == 0 and old.stdout == as_json.stdout
+    assert old.stderr.strip().splitlines() == ["warning: --format json is deprecated; use --json"]
     assert _cli("compare", "--format", "csv", registry=reg2).stdout.startswith("task,version")
     res = _cli("archive", "news", "1", "--yes", "--json", registry=reg2)
     assert res.exit_code == 0 and json.loads(res.stdout)["archived"] is True

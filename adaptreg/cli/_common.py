@@ -18,6 +18,42 @@ registry_option = click.option(
 )
 
 
+OUTPUT_DEPRECATED = ("warning: --output is deprecated for a folder; use --out DIR "
+                     "(--output will be removed in the next release)")
+
+
+def out_dir_options(help: str) -> Callable:
+    """``--out DIR`` (a folder output) and the hidden ``--output DIR`` it replaces.
+
+    The rule of every command: a folder is ``--out DIR``, a file is ``--output FILE``. The old
+    folder spelling ``--output`` is accepted for one release; :func:`resolve_out_dir` warns about
+    it. The command receives both as ``out`` and ``legacy_output``.
+    """
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option("--output", "legacy_output", default=None, metavar="DIR", hidden=True,
+                         help="Deprecated spelling of --out (removed in the next release).")(f)
+        return click.option("--out", "out", default=None, metavar="DIR", help=help)(f)
+
+    return decorate
+
+
+def resolve_out_dir(out: str | None, legacy_output: str | None) -> str | None:
+    """The folder asked for by ``--out`` or the deprecated ``--output`` (one stderr warning).
+
+    Both at once is refused with one line (exit 2), before any work.
+    """
+    if legacy_output is None:
+        return out
+    if out is not None:
+        from ..errors import ConfigError  # a plain-Python module: no heavy import
+
+        raise ConfigError(f"--out {out} and --output {legacy_output} both given: --output is the deprecated "
+                          "spelling of --out; give --out DIR only")
+    log(OUTPUT_DEPRECATED)
+    return legacy_output
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
     """Data goes to stdout: JSON when asked, else the human rendering."""
     if as_json or human is None:

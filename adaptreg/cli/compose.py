@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ._common import emit, json_option, log, registry_option, table
+from ._common import emit, json_option, log, out_dir_options, registry_option, resolve_out_dir, table
 
 _base_option = click.option("--base", default=None, metavar="SPEC",
                             help="Base model ('minilm', a directory or a hub id). Default: the base the adapters were built on.")
@@ -253,9 +253,9 @@ def _write_predictions(rows: list[dict[str, Any]], path: str) -> None:
 @click.option("--weights", default=None, metavar="W1,W2", help="One weight per task (default 1.0 each for ties/dare_ties, 1/n otherwise).")
 @click.option("--density", type=float, default=0.5, show_default=True, help="Fraction of weights kept (ties, dare_*).")
 @click.option("--svd-rank", type=click.IntRange(1), default=None, help="Rank of an svd merge (default: the largest source rank).")
-@click.option("--output", default=None, metavar="DIR", help="Also write the merged artifact to DIR.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output directory.")
-@click.option("--no-register", is_flag=True, help="Do not register the result (needs --output).")
+@out_dir_options("Also write the merged artifact to the folder DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+@click.option("--no-register", is_flag=True, help="Do not register the result (needs --out).")
 @click.option("--no-eval", is_flag=True, help="Skip evaluating retention on the source tasks' test sets.")
 @click.option("--tune", is_flag=True, help="Choose a weight scale (x0.5-x2) and, for ties/dare, the density on the "
               "sources' validation splits (best worst-task retention); test splits are only used to report.")
@@ -263,8 +263,8 @@ def _write_predictions(rows: list[dict[str, Any]], path: str) -> None:
 @registry_option
 @json_option
 def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, density: float, svd_rank: int | None,
-          output: str | None, overwrite: bool, no_register: bool, no_eval: bool, tune: bool, base: str | None,
-          registry: str | None, as_json: bool) -> None:
+          out: str | None, legacy_output: str | None, overwrite: bool, no_register: bool, no_eval: bool, tune: bool,
+          base: str | None, registry: str | None, as_json: bool) -> None:
     """Merge task adapters into one adapter NAME that keeps every task's head; report retention.
 
     Retention = merged accuracy / source accuracy on each source task's test split. The result is
@@ -275,6 +275,7 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
       adaptreg merge news sentiment --name news-sentiment --method ties --density 0.5
       adaptreg merge news@2 sentiment --name combo --method linear --weights 0.7,0.3 --json
       adaptreg merge news sentiment --name combo --method ties --tune
+      adaptreg merge news sentiment --name combo --out merged/combo --no-register --json
     """
     from .._util import check_output_dir
     from ..compose.merge import _parse_sources, merge_adapters
@@ -283,13 +284,17 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
     # every option is checked before the registry or a model is opened
     from ..artifact import validate_task_name
 
+    output = resolve_out_dir(out, legacy_output)
+
     validate_task_name(name)
     names = [t for t, _ in _parse_sources(tasks)]
     w = _parse_weights(weights, len(tasks)) if weights is not None else None
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"--density {density}: must be in (0, 1]")
+    if no_register and output is None:
+        raise ConfigError("nothing would be kept: give --out DIR or leave registration on")
     if output is not None:
-        check_output_dir(output, "--output", overwrite=overwrite)
+        check_output_dir(output, "--out", overwrite=overwrite)
 
     reg = _registry(registry)
     lb = _base_for(reg, names, base)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from ._common import emit, json_option, log, registry_option
+from ._common import emit, json_option, log, out_dir_options, registry_option, resolve_out_dir
 
 # Option specs are read from the dataclass configs without importing torch: config.py is light.
 from ..config import ADAPTER_KINDS, HEAD_INITS, SCHEDULES, SELECTS, TRUNCATIONS, LoraSettings, TrainSettings
@@ -61,9 +61,9 @@ def _settings(cls: type, opts: dict[str, Any]) -> Any:
 @click.option("--init-from", default=None, metavar="TASK[@VERSION]", help="Start from an existing registered adapter.")
 @click.option("--no-probe", is_flag=True, help="Skip the frozen-base linear probe baseline.")
 @click.option("--no-route", is_flag=True, help="Do not add the task to the registry's router.")
-@click.option("--output", default=None, metavar="DIR", help="Also write the adapter artifact to DIR.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output directory.")
-@click.option("--no-register", is_flag=True, help="Do not register in the registry (needs --output).")
+@out_dir_options("Also write the adapter artifact to the folder DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+@click.option("--no-register", is_flag=True, help="Do not register in the registry (needs --out).")
 @click.option("--new-labels", is_flag=True,
               help="Allow a new version of a registered task to have another label set (refused otherwise).")
 @registry_option
@@ -71,19 +71,24 @@ def _settings(cls: type, opts: dict[str, Any]) -> Any:
 @json_option
 def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str | None, test_path: str | None,
             drop_empty: bool, max_per_class: int | None, base: str, init_from: str | None, no_probe: bool, no_route: bool,
-            output: str | None, overwrite: bool, no_register: bool, new_labels: bool, registry: str | None, quiet: bool,
-            as_json: bool, **opts: Any) -> None:
+            out: str | None, legacy_output: str | None, overwrite: bool, no_register: bool, new_labels: bool,
+            registry: str | None, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Train a LoRA adapter for TASK on a frozen base, evaluate it beside a linear probe, register it.
 
     \b
     Examples:
       adaptreg onboard news --data bbc-news
       adaptreg onboard tickets --data tickets.csv --text-col body --label-col queue --rank 4
-      adaptreg onboard news --data bbc-news --kind dora --epochs 2 --output adapters/news --no-register --json
+      adaptreg onboard news --data bbc-news --kind dora --epochs 2 --out adapters/news --no-register --json
     """
+    output = resolve_out_dir(out, legacy_output)
     lora = _settings(LoraSettings, opts)
     train = _settings(TrainSettings, opts)
     # Checks that would otherwise fail after training: selector syntax and the output folder.
+    if no_register and output is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("nothing would be kept: give --out DIR or leave registration on")
     if init_from is not None:
         from ..selectors import format_selector, parse_selector
 
@@ -91,7 +96,7 @@ def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str |
     if output is not None:
         from .._util import check_output_dir
 
-        check_output_dir(output, "--output", overwrite=overwrite)
+        check_output_dir(output, "--out", overwrite=overwrite)
     from ..train import onboard as run_onboard
 
     log(f"onboarding {task!r} from {data} on base {base} ({lora.kind}, rank {lora.rank})")

@@ -210,7 +210,9 @@ def register(group: click.Group) -> None:
     @group.command("compare")
     @click.argument("tasks", nargs=-1)
     @click.option("--metric", default="test_accuracy", show_default=True, help="Sort by this metric (descending).")
-    @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+    # "json" stays accepted for one release (deprecated: --json, as on every command)
+    @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+                  metavar="[table|csv]", help="Table or CSV on stdout (for JSON: --json).")
     @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="PNG", help="Save a bar chart.")
     @click.option("--all", "show_all", is_flag=True, help="Include archived versions.")
     @registry_option
@@ -224,7 +226,11 @@ def register(group: click.Group) -> None:
           adaptreg compare
           adaptreg compare news sst2 --metric test_macro_f1 --format csv
           adaptreg compare --plot compare.png
+          adaptreg compare news --json
         """
+        if fmt == "json":
+            log("warning: --format json is deprecated; use --json")
+            as_json = True
         if plot:
             from .._util import check_output_file
 
