@@ -132,6 +132,8 @@ def split_point(model: Any, adapted_layers: int) -> int:
 
 def _attention_mask(model: Any, hidden: Any, mask: Any) -> Any:
     """The mask format the layers expect (transformers >= 5: one helper; older: the extended mask)."""
+    if hasattr(model, "additive_mask"):  # adaptreg.fastbert: no transformers import
+        return model.additive_mask(mask, hidden.dtype)
     try:
         from transformers.masking_utils import create_bidirectional_mask
     except ImportError:  # transformers 4.x

@@ -18,17 +18,19 @@ def _registry(location: str | None) -> Any:
     return Registry(location)
 
 
-def _base_for(reg: Any, tasks: list[str], spec: str | None) -> Any:
+def _base_for(reg: Any, tasks: list[str], spec: str | None, fast: bool = False) -> Any:
+    """The base named by ``--base`` or recorded by the first of ``tasks``; ``fast``: prediction only
+    (:func:`adaptreg.base.load_base`)."""
     from ..base import load_base
     from ..errors import NotFoundError
 
     if spec:
-        return load_base(spec)
+        return load_base(spec, fast=fast)
     for t in tasks:
         rec = reg.lookup(t)
         base_id = (rec.get("base") or {}).get("id")
         if base_id:
-            return load_base(base_id)
+            return load_base(base_id, fast=fast)
     raise NotFoundError("cannot tell which base to load: pass --base")
 
 
@@ -153,7 +155,7 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
             from ..errors import NotFoundError
 
             raise NotFoundError(f"no tasks in the registry at {reg.location.display}: onboard one with `adaptreg onboard`")
-    lb = _base_for(reg, names, base)
+    lb = _base_for(reg, names, base, fast=True)
     log(f"loading {len(names)} adapter(s) on base {lb.id}")
     pred = Predictor(reg, base=lb, tasks=names, alias=alias, router=False if (no_router or task) else None, threshold=threshold)
     if task is None and pred.router is None and len(pred.tasks) > 1:
