@@ -47,24 +47,24 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _finite(obj: Any) -> Any:
+def nan_to_none(obj: Any) -> Any:
     """``obj`` with every NaN or infinity (float or numpy) replaced by None: JSON has no NaN."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: nan_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [nan_to_none(v) for v in obj]
     if type(obj).__module__ == "numpy":  # numpy scalars and arrays, without importing numpy
         with contextlib.suppress(TypeError):
-            return _finite(_json_default(obj))
+            return nan_to_none(_json_default(obj))
     return obj
 
 
 def to_json(obj: Any, indent: int | None = 2, *, sort_keys: bool = True, ensure_ascii: bool = True) -> str:
     """The one JSON writer for output: sorted keys, and NaN/infinity written as ``null``, never a bare
     ``NaN`` (which strict parsers reject). ``indent=None``: one line (JSONL)."""
-    return json.dumps(_finite(obj), indent=indent, sort_keys=sort_keys, allow_nan=False,
+    return json.dumps(nan_to_none(obj), indent=indent, sort_keys=sort_keys, allow_nan=False,
                       default=_json_default, ensure_ascii=ensure_ascii)
 
 

@@ -103,11 +103,11 @@ def default_targets(model_type: str) -> list[str]:
 class LoadedBase:
     """A frozen base model with its tokenizer, reference and fingerprint."""
 
-    def __init__(self, ref: BaseRef, model: Any, tokenizer: Any):
+    def __init__(self, ref: BaseRef, model: Any, tokenizer: Any, fingerprint_: str | None = None):
         self.ref = ref
         self.model = model
         self.tokenizer = tokenizer
-        self.fingerprint = fingerprint(model)
+        self.fingerprint = fingerprint_ or fingerprint(model)
 
     @property
     def id(self) -> str:
@@ -122,13 +122,33 @@ class LoadedBase:
         return str(self.model.config.model_type)
 
 
-def load_base(spec: str | BaseRef) -> LoadedBase:
-    """Load the base (eval mode, every weight frozen) and its tokenizer; never runs remote code."""
+def load_base(spec: str | BaseRef, fast: bool = False) -> LoadedBase:
+    """Load the base (eval mode, every weight frozen) and its tokenizer; never runs remote code.
+
+    ``fast=True`` (prediction only: no training, no PEFT) loads a plain BERT directory without
+    importing transformers (:mod:`adaptreg.fastbert`) once its fingerprint is known; the first
+    load goes through transformers and records it. ``ADAPTREG_FAST_BASE=0`` turns this off.
+    """
     ref = spec if isinstance(spec, BaseRef) else resolve_base(spec)
-    if Path(ref.path).is_dir():
+    local = Path(ref.path).is_dir()
+    if local:
         _check_safetensors(Path(ref.path))  # a BaseRef made elsewhere is checked too
+    if fast and local and os.environ.get("ADAPTREG_FAST_BASE", "1").lower() not in ("0", "false", "no"):
+        from . import fastbert
+
+        found = fastbert.load(ref.path)
+        if found is not None:
+            model, tokenizer, fp = found
+            return LoadedBase(ref, model, tokenizer, fingerprint_=fp)
     with _quiet_transformers():
-        return _load(ref)
+        lb = _load(ref)
+    if local:
+        from . import fastbert
+
+        key = fastbert.content_key(ref.path) if fastbert.supported(lb.model.config.to_dict()) else None
+        if key:
+            fastbert.remember_fingerprint(key, lb.fingerprint)
+    return lb
 
 
 @contextlib.contextmanager

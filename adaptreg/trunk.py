@@ -106,7 +106,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, generator: Any = Non
 
 # --------------------------------------------------------------------------- layers
 
-def _stack(model: Any) -> tuple[Any, Any]:
+def layer_stack(model: Any) -> tuple[Any, Any]:
     """(embeddings, list of layers) of a BERT-like encoder, or a clear error."""
     emb = getattr(model, "embeddings", None)
     layers = getattr(getattr(model, "encoder", None), "layer", None)
@@ -132,6 +132,8 @@ def split_point(model: Any, adapted_layers: int) -> int:
 
 def _attention_mask(model: Any, hidden: Any, mask: Any) -> Any:
     """The mask format the layers expect (transformers >= 5: one helper; older: the extended mask)."""
+    if hasattr(model, "additive_mask"):  # adaptreg.fastbert: no transformers import
+        return model.additive_mask(mask, hidden.dtype)
     try:
         from transformers.masking_utils import create_bidirectional_mask
     except ImportError:  # transformers 4.x
@@ -139,7 +141,8 @@ def _attention_mask(model: Any, hidden: Any, mask: Any) -> Any:
     return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
 
 
-def _run_layers(model: Any, hidden: Any, mask: Any, layers: Sequence[Any]) -> Any:
+def run_layers(model: Any, hidden: Any, mask: Any, layers: Sequence[Any]) -> Any:
+    """Hidden states after ``layers`` run in order on ``hidden`` (``mask``: [B, L] attention mask, 1 = token)."""
     ext = _attention_mask(model, hidden, mask)
     for layer in layers:
         out = layer(hidden, ext)
@@ -152,13 +155,13 @@ def frozen_states(model: Any, input_ids: Any, mask: Any, upto: int, keep: Sequen
     hidden-state indices ``keep`` and ``upto`` itself (0 = embeddings output; no gradient)."""
     import torch
 
-    emb, layers = _stack(model)
+    emb, layers = layer_stack(model)
     wanted = {int(upto), *(int(i) for i in keep)}
     with torch.no_grad():
         h = emb(input_ids=input_ids)
         out = {0: h} if 0 in wanted else {}
         for i in range(max(wanted)):
-            h = _run_layers(model, h, mask, [layers[i]])
+            h = run_layers(model, h, mask, [layers[i]])
             if i + 1 in wanted:
                 out[i + 1] = h
     return out
@@ -180,8 +183,8 @@ def trunk_forward(model: Any, input_ids: Any, mask: Any, split: int) -> Any:
 
 def branch_forward(model: Any, hidden: Any, mask: Any, split: int, upto: int | None = None) -> Any:
     """Run layers ``split .. upto-1`` (default: to the last) on trunk states ``hidden``."""
-    _, layers = _stack(model)
-    return _run_layers(model, hidden, mask, list(layers)[split:upto])
+    _, layers = layer_stack(model)
+    return run_layers(model, hidden, mask, list(layers)[split:upto])
 
 
 # --------------------------------------------------------------------------- cache

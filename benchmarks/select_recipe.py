@@ -71,7 +71,7 @@ def main() -> None:
     from adaptreg._util import seed_everything
     from adaptreg.base import load_base
     from adaptreg.config import LoraSettings, TrainSettings
-    from adaptreg.data.tasks import Split, load_task
+    from adaptreg.data.tasks import load_task
     from adaptreg.train import (TaskModel, build_peft_model, cache_logits, fit, frozen_features, linear_probe,
                                 log_loss, probe_head, probe_logits, resolve_length)
     from adaptreg.trunk import TrunkCache, split_point

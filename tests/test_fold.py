@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptreg.base import load_base, mean_pool, pooled_features
+from adaptreg.base import load_base, pooled_features
 from adaptreg.compose.predict import Predictor
 from adaptreg.config import LoraSettings, TrainSettings
 

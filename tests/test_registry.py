@@ -332,9 +332,9 @@ def test_fast_path_matches_mlflow_client(reg2, arts):
     reg2.archive("sst2", 1)
     slow = Registry(reg2.location.display, cache_dir=reg2.cache_dir, fast=False)
     assert reg2._fast_reader is not None and slow._fast_reader is None
-    from adaptreg.registry.store import _ClientReader
+    from adaptreg.registry.store import ClientReader
 
-    fast_r, client_r = reg2._fast_reader, _ClientReader(slow.client)
+    fast_r, client_r = reg2._fast_reader, ClientReader(slow.client)
     assert fast_r.task_names() == client_r.task_names() == ["news", "sst2"]
     for task in ("news", "sst2", "missing"):
         assert fast_r.aliases(task) == client_r.aliases(task)

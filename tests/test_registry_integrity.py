@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from adaptreg import artifact
-from adaptreg.errors import ConfigError, IntegrityError, NotFoundError, RegistryError
+from adaptreg.errors import ConfigError, IntegrityError, RegistryError
 from adaptreg.registry import Registry
 from test_registry import _cli, arts, base_fp, build_artifact, empty_db, fresh_location, reg, reg2  # noqa: F401
 

@@ -54,6 +54,27 @@ def resolve_out_dir(out: str | None, legacy_output: str | None) -> str | None:
     return legacy_output
 
 
+def check_threshold(value: float | None, option: str = "--threshold") -> None:
+    """The router's abstention threshold: a number > 0 (NaN compares false with everything)."""
+    import math
+
+    from ..errors import ConfigError
+
+    if value is not None and (math.isnan(value) or not value > 0):
+        raise ConfigError(f"{option} {value}: must be a number > 0 (a route_score above it gives 'unknown'; "
+                          "default 1.0, larger abstains less)")
+
+
+def comma_list(value: str | None, what: str) -> list[str] | None:
+    """A comma-separated option (``--tasks A,B``) as a list of stripped items; None when not given."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter(f"empty {what} list")
+    return items
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
     """Data goes to stdout: JSON when asked, else the human rendering."""
     if as_json or human is None:

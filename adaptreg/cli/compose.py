@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from ._common import emit, json_option, log, out_dir_options, registry_option, resolve_out_dir, table
+from ._common import (check_threshold, comma_list, emit, json_option, log, out_dir_options, registry_option,
+                      resolve_out_dir, table)
 
 _base_option = click.option("--base", default=None, metavar="SPEC",
                             help="Base model ('minilm', a directory or a hub id). Default: the base the adapters were built on.")
@@ -18,29 +19,20 @@ def _registry(location: str | None) -> Any:
     return Registry(location)
 
 
-def _base_for(reg: Any, tasks: list[str], spec: str | None) -> Any:
+def _base_for(reg: Any, tasks: list[str], spec: str | None, fast: bool = False) -> Any:
+    """The base named by ``--base`` or recorded by the first of ``tasks``; ``fast``: prediction only
+    (:func:`adaptreg.base.load_base`)."""
     from ..base import load_base
     from ..errors import NotFoundError
 
     if spec:
-        return load_base(spec)
+        return load_base(spec, fast=fast)
     for t in tasks:
         rec = reg.lookup(t)
         base_id = (rec.get("base") or {}).get("id")
         if base_id:
-            return load_base(base_id)
+            return load_base(base_id, fast=fast)
     raise NotFoundError("cannot tell which base to load: pass --base")
-
-
-def _check_threshold(value: float | None, option: str = "--threshold") -> None:
-    """The router's abstention threshold: a number > 0 (NaN compares false with everything)."""
-    import math
-
-    from ..errors import ConfigError
-
-    if value is not None and (math.isnan(value) or not value > 0):
-        raise ConfigError(f"{option} {value}: must be a number > 0 (a route_score above it gives 'unknown'; "
-                          "default 1.0, larger abstains less)")
 
 
 def _parse_weights(value: str, n_tasks: int) -> list[float]:
@@ -63,15 +55,6 @@ def _parse_weights(value: str, n_tasks: int) -> list[float]:
     if len(weights) != n_tasks:
         raise ConfigError(f"--weights {value}: {len(weights)} weights for {n_tasks} tasks; give one weight per task")
     return weights
-
-
-def _split(value: str | None, what: str) -> list[str] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise click.BadParameter(f"empty {what} list")
-    return items
 
 
 # --------------------------------------------------------------------------- predict
@@ -116,7 +99,7 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
         raise ConfigError("give either --data PATH or one or more --text, not both or neither")
     if stack and not task:
         raise ConfigError("--stack adds adapters to one task's adapter: give --task T as well")
-    _check_threshold(threshold)
+    check_threshold(threshold)
     if output:
         from .._util import check_output_file
 
@@ -144,16 +127,16 @@ def predict(data_path: str | None, texts: tuple[str, ...], text_col: str, id_col
         out = _predict_stacked(reg, task, stack, alias, base, inputs, rows, id_col, batch_size)
         _deliver(out, ([id_col] if id_col else []) + ["task", "label", "confidence", "text"], output, as_json)
         return
-    names = _split(task_list, "task") or ([task] if task else None)
+    names = comma_list(task_list, "task") or ([task] if task else None)
     if names is None:
-        from ..compose.predict import _task_names
+        from ..compose.predict import task_names
 
-        names = _task_names(reg)
+        names = task_names(reg)
         if not names:
             from ..errors import NotFoundError
 
             raise NotFoundError(f"no tasks in the registry at {reg.location.display}: onboard one with `adaptreg onboard`")
-    lb = _base_for(reg, names, base)
+    lb = _base_for(reg, names, base, fast=True)
     log(f"loading {len(names)} adapter(s) on base {lb.id}")
     pred = Predictor(reg, base=lb, tasks=names, alias=alias, router=False if (no_router or task) else None, threshold=threshold)
     if task is None and pred.router is None and len(pred.tasks) > 1:
@@ -183,7 +166,7 @@ def _deliver(out: list[dict[str, Any]], cols: list[str], output: str | None, as_
 def _predict_stacked(reg: Any, task: str, stack: tuple[str, ...], alias: str, base: str | None, inputs: list[str],
                      rows: list[dict[str, Any]], id_col: str | None, batch_size: int) -> list[dict[str, Any]]:
     """``task``'s adapter and head with the ``stack`` adapters added (additive composition)."""
-    from ..compose.predict import _resolve
+    from ..compose.predict import resolve_adapter
     from ..compose.router import UNKNOWN
     from ..compose.stack import StackedModel
     from ..errors import ConfigError
@@ -198,7 +181,7 @@ def _predict_stacked(reg: Any, task: str, stack: tuple[str, ...], alias: str, ba
     if task in weights:
         raise ConfigError(f"--stack {task}: that is --task's own adapter, already applied")
     lb = _base_for(reg, [task, *weights], base)
-    paths = {t: _resolve(reg, t, alias, lb)["path"] for t in [task, *weights]}
+    paths = {t: resolve_adapter(reg, t, alias, lb)["path"] for t in [task, *weights]}
     log(f"stacking {', '.join(f'{t} x{w:g}' for t, w in weights.items())} on {task}")
     model = StackedModel(lb, paths, head=task, weights=weights)
     filled = [i for i, text in enumerate(inputs) if text.strip()]  # an empty text has no label: 'unknown'
@@ -278,7 +261,7 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
       adaptreg merge news sentiment --name combo --out merged/combo --no-register --json
     """
     from .._util import check_output_dir
-    from ..compose.merge import _parse_sources, merge_adapters
+    from ..compose.merge import merge_adapters, parse_sources
     from ..errors import ConfigError
 
     # every option is checked before the registry or a model is opened
@@ -287,7 +270,7 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
     output = resolve_out_dir(out, legacy_output)
 
     validate_task_name(name)
-    names = [t for t, _ in _parse_sources(tasks)]
+    names = [t for t, _ in parse_sources(tasks)]
     w = _parse_weights(weights, len(tasks)) if weights is not None else None
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"--density {density}: must be in (0, 1]")
@@ -380,7 +363,7 @@ def route_add(tasks: tuple[str, ...], rebuild: bool, max_length: int, threshold:
       adaptreg route add news sentiment
       adaptreg route add news --rebuild --max-length 128
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     from ..compose.router import Router
     from ..compose.routing import add_task_to_registry_router
 
@@ -414,7 +397,7 @@ def route_eval(split: str, ood_files: tuple[str, ...], threshold: float | None, 
       adaptreg route eval
       adaptreg route eval --ood digits.csv --threshold 1.5 --json
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     from ..compose.predict import read_table
     from ..compose.routing import load_router, task_features
     from ..compose.router import abstention_rate, routing_report, served_entries, split_entry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import log, registry_option
+from ._common import check_threshold, comma_list, log, registry_option
 
 
 def _help(name: str) -> str:
@@ -57,12 +57,11 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
     import socket
     import sys
 
-    from ..cli.compose import _check_threshold, _split
     from ..errors import ConfigError
     from ..serve.settings import ServeSettings
 
-    _check_threshold(threshold)
-    settings = ServeSettings(registry=registry, base=base, tasks=_split(task_list, "task"), alias=alias,
+    check_threshold(threshold)
+    settings = ServeSettings(registry=registry, base=base, tasks=comma_list(task_list, "task"), alias=alias,
                              threshold=threshold, host=host, port=port, allow_remote=allow_remote, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, batch_size=batch_size, poll_s=poll_s, max_adapters=max_adapters,
                              max_aliases=max_aliases, max_texts=max_texts, max_chars=max_chars, max_queue=max_queue,

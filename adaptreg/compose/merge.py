@@ -129,13 +129,13 @@ def _resolve_sources(sources: Sequence[str] | dict[str, str | os.PathLike], reg:
     if reg is None:
         raise ConfigError("merging registered tasks needs a registry (or pass {task: adapter_dir})")
     paths, versions = {}, {}
-    for task, ver in _parse_sources(sources):
+    for task, ver in parse_sources(sources):
         rec = reg.load(task, version=ver, base=base) if base is not None else reg.lookup(task, version=ver)
         paths[task], versions[task] = str(rec["path"]), rec.get("version")
     return paths, versions
 
 
-def _parse_sources(sources: Sequence[str]) -> list[tuple[str, int | None]]:
+def parse_sources(sources: Sequence[str]) -> list[tuple[str, int | None]]:
     """``TASK[@VERSION]`` specs as ``(task, version)``; ConfigError on bad syntax, MergeError on a repeat."""
     parsed: list[tuple[str, int | None]] = []
     for spec in sources:
@@ -213,7 +213,7 @@ def merge_adapters(
     if not register and output is None:
         raise ConfigError("nothing would be kept: give an output directory or leave registration on")
     if not isinstance(sources, dict):
-        _parse_sources(sources)  # syntax first: before the registry is opened
+        parse_sources(sources)  # syntax first: before the registry is opened
     weights = _check_weights(weights, len(sources))
     if output is not None:
         check_output_dir(output, "output", overwrite=overwrite)

@@ -31,7 +31,7 @@ from typing import Any, MutableMapping, Sequence
 from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool
 from ..errors import ConfigError, IntegrityError, NotFoundError
-from ..trunk import _run_layers, _stack, frozen_states, length_batches, pad, pooled, tokenize
+from ..trunk import frozen_states, layer_stack, length_batches, pad, pooled, run_layers, tokenize
 from .router import UNKNOWN, Router, served_entries
 
 logger = logging.getLogger(__name__)
@@ -124,14 +124,14 @@ class Predictor:
         from ..registry import as_registry
 
         reg = as_registry(registry)
-        names = list(tasks) if tasks else _task_names(reg)
+        names = list(tasks) if tasks else task_names(reg)
         if not names:  # before the base is loaded
             where = getattr(getattr(reg, "location", None), "display", None) or str(registry)
             raise NotFoundError(f"no tasks in the registry at {where}: onboard one with `adaptreg onboard`")
         lb = base if isinstance(base, LoadedBase) else load_base(base)
         paths, versions = {}, {}
         for t in names:
-            rec = _resolve(reg, t, alias, lb)
+            rec = resolve_adapter(reg, t, alias, lb)
             paths[t], versions[t] = rec["path"], rec.get("version")
         if router is None:
             from .routing import load_router
@@ -161,7 +161,7 @@ class Predictor:
         self.router = router
         self.threshold = threshold
         self._torch = torch
-        _, layers = _stack(base.model)
+        _, layers = layer_stack(base.model)
         self._layers = list(layers)
         n = len(self._layers)
         self._entries: dict[str, _TaskEntry] = {}
@@ -240,7 +240,7 @@ class Predictor:
                 for r, i in enumerate(idx):
                     h[r, : states[i].shape[0]] = states[i]
                     mask[r, : states[i].shape[0]] = 1
-                out[idx] = mean_pool(_run_layers(self.base.model, h, mask, branch), mask).float()
+                out[idx] = mean_pool(run_layers(self.base.model, h, mask, branch), mask).float()
         return out
 
     def _router_layers(self) -> list[int]:
@@ -357,14 +357,15 @@ class Predictor:
         return f"Predictor(base={self.base.id!r}, tasks={self.tasks}, router={'yes' if self.router else 'no'})"
 
 
-def _task_names(reg: Any) -> list[str]:
+def task_names(reg: Any) -> list[str]:
+    """The task names a registry lists (plain names or records with ``task``/``name``)."""
     names = []
     for item in reg.list_tasks():
         names.append(item if isinstance(item, str) else item.get("task") or item.get("name"))
     return [n for n in names if n]
 
 
-def _resolve(reg: Any, task: str, alias: str | None, base: LoadedBase) -> dict[str, Any]:
+def resolve_adapter(reg: Any, task: str, alias: str | None, base: LoadedBase) -> dict[str, Any]:
     """The task's adapter under ``alias`` if that alias is set, else its latest version (verified)."""
     if alias:
         try:

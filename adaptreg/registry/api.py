@@ -23,14 +23,13 @@ from .._version import __version__
 from ..errors import ConfigError, IntegrityError, NotFoundError, RegistryError
 
 from .fast import SchemaMismatch, SqliteReader
-from .location import default_cache_dir, resolve_location
+from .location import db_error, default_cache_dir, resolve_location
 from .records import (ADAPTER_PATH, ARCHIVED_TAG, COMPARE_COLUMNS, DEFAULT_ALIAS, EXPERIMENT, MANAGED_TAG,
-                      METRIC_TAG, PENDING, PLOT_FILE, READY, STATUS_TAG, TAG, _is_lower_better, _is_number, _iso,
-                      _loads, _metrics, _params, _record, _usable, _version_number, _version_tags, validate_alias,
-                      validate_task_name)
+                      METRIC_TAG, PENDING, PLOT_FILE, READY, STATUS_TAG, TAG, is_lower_better, is_number, is_usable,
+                      iso_time, manifest_tags, parse_version, run_metrics, run_params, tag_value, validate_alias,
+                      validate_task_name, version_record)
 from .render import plot_compare, render_table
-from .store import (Store, _ClientReader, _db_error, _is_not_found, _refuse_pickles,
-                    nonfinite_tensors)
+from .store import ClientReader, Store, is_not_found, nonfinite_tensors, refuse_pickles
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +106,10 @@ class Registry:
                 logger.warning("registry database schema not recognised (%s): reading through MLflow instead", exc)
                 self._fast_reader = None
             except sqlite3.DatabaseError as exc:
-                raise _db_error(self.location.db_path, exc) from None  # type: ignore[arg-type]
+                raise db_error(self.location.db_path, exc) from None  # type: ignore[arg-type]
         if self.location.kind == "dir" and not self.location.db_path.is_file():  # type: ignore[union-attr]
             return {"task_names": [], "aliases": None, "version": None, "versions": [], "latest_ready": None}[method]
-        return getattr(_ClientReader(self.client), method)(*args)
+        return getattr(ClientReader(self.client), method)(*args)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -126,7 +125,7 @@ class Registry:
         d = Path(artifact_dir)
         if not d.is_dir():
             raise ConfigError(f"{d} is not a directory: give an adapter artifact directory (from `adaptreg onboard`)")
-        _refuse_pickles(d)
+        refuse_pickles(d)
         manifest = artifact.verify(d)
         task = validate_task_name(task if task is not None else manifest.get("task", ""))
         extras = [Path(p) for p in extra_artifacts or []]
@@ -180,8 +179,8 @@ class Registry:
             version = self._store_adapter(task, manifest, manifest_sha, files, run_tags, tags, check, log_extras, a)
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
-        raw = _ClientReader(self.client).version(task, version)
-        rec = _record(raw)
+        raw = ClientReader(self.client).version(task, version)
+        rec = version_record(raw)
         rec["path"] = str(self._materialize(rec, local_copy_from=d))
         logger.info("registered %s version %d (%s)", task, version, rec["path"])
         return rec
@@ -193,8 +192,8 @@ class Registry:
             model=task, model_tags={MANAGED_TAG: "true"},
             model_description=f"adaptreg task {task!r}: one version per registered adapter",
             files=files, artifact_path=ADAPTER_PATH,
-            run_tags=run_tags, params=_params(task, manifest), metrics=_metrics(manifest),
-            version_tags={**_version_tags(manifest, manifest_sha), **(tags or {})}, check=check, log_extras=log_extras,
+            run_tags=run_tags, params=run_params(task, manifest), metrics=run_metrics(manifest),
+            version_tags={**manifest_tags(manifest, manifest_sha), **(tags or {})}, check=check, log_extras=log_extras,
             description=f"{task}: {a.get('kind', '?')} rank {a.get('rank', '?')} on "
                         f"{(manifest.get('base') or {}).get('id', '?')}")
 
@@ -226,7 +225,7 @@ class Registry:
         alias = validate_alias(alias)
         self._require_existing()
         with self._lock():
-            reader = _ClientReader(self.client)
+            reader = ClientReader(self.client)
             raw = self._resolve(task, version=version, reader=reader)
             v = raw["version"]
             if raw["tags"].get(ARCHIVED_TAG) == "true":
@@ -240,26 +239,26 @@ class Registry:
                                     f"alias {alias!r} was not moved")
             return self._with_path(now)
 
-    def _drop_alias(self, reader: "_ClientReader", task: str, alias: str, version: int) -> None:
+    def _drop_alias(self, reader: "ClientReader", task: str, alias: str, version: int) -> None:
         if (reader.aliases(task) or {}).get(alias) == version:
             try:
                 self.write(self.client.delete_registered_model_alias, task, alias)
             except Exception as exc:
-                if not _is_not_found(exc):
+                if not is_not_found(exc):
                     raise
 
     def archive(self, task: str, version: int | str) -> dict[str, Any]:
         """Hide a version from latest/best/default lookups and drop its aliases; its files stay."""
         self._require_existing()
         with self._lock():
-            reader = _ClientReader(self.client)
+            reader = ClientReader(self.client)
             raw = self._resolve(task, version=version, reader=reader, require_ready=False)
             v = raw["version"]
             self.write(self.client.set_model_version_tag, task, str(v), ARCHIVED_TAG, "true")
             dropped = sorted(a for a, target in (reader.aliases(task) or {}).items() if target == v)
             for alias in dropped:
                 self._drop_alias(reader, task, alias, v)
-            rec = _record(reader.version(task, v))
+            rec = version_record(reader.version(task, v))
             rec["dropped_aliases"] = dropped
             return rec
 
@@ -281,7 +280,7 @@ class Registry:
         if aliases is None:
             raise self._no_task(task)
         if version is not None:
-            v = _version_number(version)
+            v = parse_version(version)
             raw = read("version", task, v)
             if raw is None:
                 ready = [str(r["version"]) for r in read("versions", task) if r["tags"].get(STATUS_TAG) == READY]
@@ -300,18 +299,18 @@ class Registry:
                                     "which is not ready; promote another version")
             return raw
         if best is not None:
-            candidates = [r for r in read("versions", task) if _usable(r)]
-            scored = [(float(_loads(r["tags"][METRIC_TAG + best])), r["version"], r) for r in candidates
-                      if _is_number(_loads(r["tags"].get(METRIC_TAG + best)))]
+            candidates = [r for r in read("versions", task) if is_usable(r)]
+            scored = [(float(tag_value(r["tags"][METRIC_TAG + best])), r["version"], r) for r in candidates
+                      if is_number(tag_value(r["tags"].get(METRIC_TAG + best)))]
             if not scored:
                 known = sorted({k[len(METRIC_TAG):] for r in candidates for k in r["tags"] if k.startswith(METRIC_TAG)})
                 raise NotFoundError(f"no ready version of task {task!r} has metric {best!r} "
                                     f"(metrics: {', '.join(known) or 'none'})")
-            sign = -1.0 if _is_lower_better(best) else 1.0
+            sign = -1.0 if is_lower_better(best) else 1.0
             return max(scored, key=lambda s: (sign * s[0], s[1]))[2]
         if DEFAULT_ALIAS in aliases:
             raw = read("version", task, aliases[DEFAULT_ALIAS])
-            if raw is not None and _usable(raw):
+            if raw is not None and is_usable(raw):
                 return raw
         raw = read("latest_ready", task)
         if raw is None:
@@ -320,7 +319,7 @@ class Registry:
         return raw
 
     def _with_path(self, raw: dict[str, Any], download: bool = True) -> dict[str, Any]:
-        rec = _record(raw)
+        rec = version_record(raw)
         rec["path"] = str(self._materialize(rec)) if download or self.local_path(rec["source"]) else None
         return rec
 
@@ -363,7 +362,7 @@ class Registry:
 
     def _verify(self, rec: dict[str, Any], path: Path) -> dict[str, Any]:
         """sha256 of the manifest against the registry, then of every file against the manifest."""
-        _refuse_pickles(path)
+        refuse_pickles(path)
         mpath = path / artifact.MANIFEST
         if not mpath.is_file():
             raise IntegrityError(f"{mpath} is missing: the stored adapter is incomplete")
@@ -412,25 +411,25 @@ class Registry:
         if self._read("aliases", task) is None:
             raise self._no_task(task)
         raws = self._read("versions", task)
-        return [_record(r) for r in raws if all or _usable(r)]
+        return [version_record(r) for r in raws if all or is_usable(r)]
 
     def list_tasks(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
         """One row per task: latest usable version, aliases, number of versions, best test accuracy."""
         rows = []
         for name in self._read("task_names"):
             raws = self._read("versions", name)
-            usable = [r for r in raws if _usable(r)]
+            usable = [r for r in raws if is_usable(r)]
             shown = raws if all else usable
             if not shown:
                 continue
-            acc = [v for r in usable if _is_number(v := _loads(r["tags"].get(METRIC_TAG + "test_accuracy")))]
+            acc = [v for r in usable if is_number(v := tag_value(r["tags"].get(METRIC_TAG + "test_accuracy")))]
             rows.append({
                 "task": name,
                 "latest": usable[0]["version"] if usable else None,
                 "versions": len(shown),
                 "aliases": self._read("aliases", name) or {},
                 "best_test_accuracy": max(acc) if acc else None,
-                "updated_at": _iso(max(r["created_ms"] for r in shown)),
+                "updated_at": iso_time(max(r["created_ms"] for r in shown)),
             })
         return rows
 
@@ -448,14 +447,14 @@ class Registry:
             rec["params"] = dict(sorted(run.data.params.items()))
             rec["run_status"] = run.info.status
         except Exception as exc:  # the run was deleted: the version still stands on its tags
-            if not _is_not_found(exc):
+            if not is_not_found(exc):
                 raise
             rec["params"], rec["run_status"] = {}, None
         return rec
 
     def diff(self, task: str, v1: int | str, v2: int | str) -> dict[str, Any]:
         """Parameters, metrics and version tags of two versions side by side; ``differs`` marks changes."""
-        reader = _ClientReader(self.client)
+        reader = ClientReader(self.client)
         a = self._resolve(task, version=v1, reader=reader)
         b = self._resolve(task, version=v2, reader=reader)
 
@@ -463,7 +462,7 @@ class Registry:
             try:
                 run = self.client.get_run(raw["run_id"])
             except Exception as exc:
-                if _is_not_found(exc):
+                if is_not_found(exc):
                     return {}, {}
                 raise
             return run.data.params, run.data.metrics
@@ -496,10 +495,10 @@ class Registry:
                 if all:
                     row["archived"] = r["archived"]
                 rows.append(row)
-        if rows and not any(_is_number(r.get(metric)) for r in rows):
+        if rows and not any(is_number(r.get(metric)) for r in rows):
             known = sorted({k for name in names for r in self.versions(name, all=True) for k in r["metrics"]})
             raise NotFoundError(f"no version has metric {metric!r} (metrics: {', '.join(known) or 'none'})")
-        rows.sort(key=lambda r: (not _is_number(r.get(metric)), -(r.get(metric) or 0.0), r["task"], r["version"]))
+        rows.sort(key=lambda r: (not is_number(r.get(metric)), -(r.get(metric) or 0.0), r["task"], r["version"]))
         return rows
 
     def compare(self, tasks: list[str] | None = None, metric: str = "test_accuracy", fmt: str = "table",

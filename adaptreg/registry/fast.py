@@ -144,7 +144,7 @@ class SqliteReader:
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("COMMIT")  # ends the read transaction: writers are not held up
 
-    # -- the reader interface (same as registry._ClientReader) ----------------------------------
+    # -- the reader interface (same as store.ClientReader) --------------------------------------
 
     def task_names(self) -> list[str]:
         with self._session() as q:

@@ -90,7 +90,8 @@ def default_cache_dir() -> Path:
     return base / "adaptreg" / "registry"
 
 
-def _local_path(source: str) -> Path | None:
+def uri_to_path(source: str) -> Path | None:
+    """The local path of a ``file:`` URI or a plain path; None for a remote URI."""
     parts = urllib.parse.urlsplit(source)
     if parts.scheme == "file":
         return Path(urllib.parse.unquote(parts.path))
@@ -99,7 +100,7 @@ def _local_path(source: str) -> Path | None:
     return None
 
 
-def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own client
     retries for minutes before it gives up)."""
     import urllib.error
@@ -116,12 +117,13 @@ def _check_reachable(uri: str, timeout: float = 5.0) -> None:
                             "(`mlflow server ...`) or give another --registry") from None
 
 
-def _db_error(db: Path, exc: BaseException) -> RegistryError:
+def db_error(db: Path, exc: BaseException) -> RegistryError:
+    """The error for a local MLflow database that cannot be read, naming the file."""
     return RegistryError(f"{db} is not a readable MLflow database ({str(exc).splitlines()[0][:120]}): restore it "
                          "from a backup or give another --registry")
 
 
-def _check_sqlite(db: Path) -> None:
+def check_sqlite(db: Path) -> None:
     """A clear error for a damaged or foreign database file before MLflow tries to migrate it."""
     import sqlite3
 
@@ -134,14 +136,15 @@ def _check_sqlite(db: Path) -> None:
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
-        raise _db_error(db, exc) from None
+        raise db_error(db, exc) from None
 
 
-_PATH_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
+# (table, column) of an MLflow database that hold artifact locations: re-rooted when a registry folder moves
+PATH_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
                  ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
 
 
-def _stored_artifact_root(db: Path) -> str | None:
+def stored_artifact_root(db: Path) -> str | None:
     """The artifact root a local registry was created with, from its experiments' locations.
 
     The ``adaptreg`` experiment stores at the root itself; adaptreg's other experiments

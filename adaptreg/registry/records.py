@@ -52,7 +52,8 @@ def validate_alias(alias: Any) -> str:
     return alias
 
 
-def _version_number(version: Any) -> int:
+def parse_version(version: Any) -> int:
+    """A version as given by a user (``2``, ``"v2"``) as a positive int; ConfigError otherwise."""
     text = str(version).strip()
     if text[:1] in ("v", "V"):
         text = text[1:]
@@ -64,7 +65,8 @@ def _version_number(version: Any) -> int:
 # -- records ----------------------------------------------------------------------------------
 
 
-def _loads(text: str | None) -> Any:
+def tag_value(text: str | None) -> Any:
+    """A tag's value: the JSON it holds, else the text itself (None stays None)."""
     if text is None:
         return None
     try:
@@ -80,28 +82,29 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def _iso(ms: int) -> str | None:
+def iso_time(ms: int) -> str | None:
+    """Epoch milliseconds as an ISO-8601 UTC time to the second (None for 0 or None)."""
     if not ms:
         return None
     return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _usable(raw: dict[str, Any]) -> bool:
+def is_usable(raw: dict[str, Any]) -> bool:
     """Ready and not archived: what latest/best/default lookups may return."""
     return raw["tags"].get(STATUS_TAG) == READY and raw["tags"].get(ARCHIVED_TAG) != "true"
 
 
-def _record(raw: dict[str, Any]) -> dict[str, Any]:
+def version_record(raw: dict[str, Any]) -> dict[str, Any]:
     """The version record (JSON-ready) built from a raw version (MLflow fields + tags)."""
     t = raw["tags"]
-    metrics = {k[len(METRIC_TAG):]: _loads(v) for k, v in t.items() if k.startswith(METRIC_TAG)}
+    metrics = {k[len(METRIC_TAG):]: tag_value(v) for k, v in t.items() if k.startswith(METRIC_TAG)}
     return {
         "task": raw["task"],
         "version": raw["version"],
         "aliases": list(raw["aliases"]),
         "status": t.get(STATUS_TAG, PENDING),
         "archived": t.get(ARCHIVED_TAG) == "true",
-        "created_at": _iso(raw["created_ms"]),
+        "created_at": iso_time(raw["created_ms"]),
         "run_id": raw["run_id"],
         "source": raw["source"],
         "base": {"id": t.get(TAG + "base_id"), "fingerprint": t.get(TAG + "base_fingerprint")},
@@ -111,7 +114,7 @@ def _record(raw: dict[str, Any]) -> dict[str, Any]:
         "epochs": _int_or_none(t.get(TAG + "epochs")),
         "serves": t.get(TAG + "serves") or "adapter",
         "n_labels": _int_or_none(t.get(TAG + "n_labels")),
-        "parents": _loads(t.get(TAG + "parents")) or [],
+        "parents": tag_value(t.get(TAG + "parents")) or [],
         "adapter_sha256": t.get(TAG + "adapter_sha256"),
         "manifest_sha256": t.get(TAG + "manifest_sha256"),
         "adaptreg_version": t.get(TAG + "version"),
@@ -119,11 +122,13 @@ def _record(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float, not a bool: what counts as a metric value."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def _version_tags(manifest: dict[str, Any], manifest_sha: str) -> dict[str, str]:
+def manifest_tags(manifest: dict[str, Any], manifest_sha: str) -> dict[str, str]:
+    """The version tags of an artifact (status pending, base, data, adapter, metrics) from its manifest."""
     a, b = manifest.get("adapter") or {}, manifest.get("base") or {}
     d, tr = manifest.get("data") or {}, manifest.get("training") or {}
     tags = {
@@ -143,7 +148,7 @@ def _version_tags(manifest: dict[str, Any], manifest_sha: str) -> dict[str, str]
         TAG + "version": str(manifest.get("adaptreg_version", __version__)),
     }
     for k, v in (manifest.get("metrics") or {}).items():
-        if _is_number(v):
+        if is_number(v):
             tags[METRIC_TAG + k] = json.dumps(v)
     return tags
 
@@ -153,7 +158,7 @@ def _param_value(v: Any) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-def _params(task: str, manifest: dict[str, Any]) -> dict[str, str]:
+def run_params(task: str, manifest: dict[str, Any]) -> dict[str, str]:
     """Hyperparameters flattened to ``section.key`` strings (MLflow params are strings)."""
     out = {"task": task, "manifest_task": str(manifest.get("task", "")),
            "n_labels": str(len(manifest.get("labels") or [])),
@@ -172,7 +177,7 @@ def _params(task: str, manifest: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _metrics(manifest: dict[str, Any]) -> list[tuple[str, float, int]]:
+def run_metrics(manifest: dict[str, Any]) -> list[tuple[str, float, int]]:
     """(key, value, step): per-epoch history under ``history/`` (step = epoch), final values at step 0."""
     out = []
     for row in manifest.get("history") or []:
@@ -180,13 +185,14 @@ def _metrics(manifest: dict[str, Any]) -> list[tuple[str, float, int]]:
         if not isinstance(epoch, int):
             continue
         for k, v in row.items():
-            if k != "epoch" and _is_number(v):
+            if k != "epoch" and is_number(v):
                 out.append((f"history/{_PARAM_KEY_BAD.sub('_', k)}", float(v), epoch))
     for k, v in (manifest.get("metrics") or {}).items():
-        if _is_number(v):
+        if is_number(v):
             out.append((_PARAM_KEY_BAD.sub("_", k), float(v), 0))
     return out
 
 
-def _is_lower_better(metric: str) -> bool:
+def is_lower_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (its name holds a :data:`LOWER_IS_BETTER` word)."""
     return any(w in metric for w in LOWER_IS_BETTER)

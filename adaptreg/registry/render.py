@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-from .records import _is_number
+from .records import is_number
 
 
 def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -35,7 +35,7 @@ def plot_compare(rows: list[dict[str, Any]], metric: str, path: str | os.PathLik
     """A horizontal bar chart of ``metric`` per version (a matplotlib Figure; no pyplot, no backend change)."""
     from matplotlib.figure import Figure
 
-    pts = [(f"{r['task']} v{r['version']}", float(r[metric])) for r in rows if _is_number(r.get(metric))]
+    pts = [(f"{r['task']} v{r['version']}", float(r[metric])) for r in rows if is_number(r.get(metric))]
     if not pts:
         raise ConfigError(f"nothing to plot: no version has a value for {metric!r}")
     pts.reverse()  # best at the top

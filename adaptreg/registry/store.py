@@ -19,10 +19,9 @@ from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, IntegrityError, NotFoundError, RegistryError
 
-from .location import (ENV_ARTIFACTS, ENV_LOCATION, Location, _check_reachable, _check_sqlite, _db_error, _local_path,
-                       _PATH_COLUMNS, _stored_artifact_root)
-from .records import (EXPERIMENT, FAILED, MANAGED_TAG, PENDING, PICKLE_SUFFIXES, READY, STATUS_TAG, TAG,
-                      _usable)
+from .location import (ENV_ARTIFACTS, ENV_LOCATION, PATH_COLUMNS, Location, check_reachable, check_sqlite, db_error,
+                       stored_artifact_root, uri_to_path)
+from .records import EXPERIMENT, FAILED, MANAGED_TAG, PENDING, PICKLE_SUFFIXES, READY, STATUS_TAG, TAG, is_usable
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,8 @@ def _fault(where: str) -> None:
         fault_hook(where)
 
 
-def _refuse_pickles(directory: Path) -> None:
+def refuse_pickles(directory: Path) -> None:
+    """IntegrityError when ``directory`` holds pickle-format weight files (only safetensors are accepted)."""
     bad = sorted(p.name for p in directory.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
     if bad:
         raise IntegrityError(f"{directory} holds pickle-format weights ({', '.join(bad)}): only safetensors are "
@@ -79,7 +79,8 @@ def _error_code(exc: BaseException) -> str:
     return str(getattr(exc, "error_code", "") or "")
 
 
-def _is_not_found(exc: BaseException) -> bool:
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an MLflow error says the model, version or alias does not exist."""
     return _error_code(exc) == "RESOURCE_DOES_NOT_EXIST"
 
 
@@ -89,13 +90,13 @@ def _is_exists(exc: BaseException) -> bool:
 
 def _is_transient(exc: BaseException) -> bool:
     """Worth retrying: a lock collision, or MLflow's version numbering losing three races in a row."""
-    if _is_exists(exc) or _is_not_found(exc):
+    if _is_exists(exc) or is_not_found(exc):
         return False
     msg = str(exc)
     return _error_code(exc) == "TEMPORARILY_UNAVAILABLE" or "database is locked" in msg or "Giving up after" in msg
 
 
-class _ClientReader:
+class ClientReader:
     """The reader interface of :class:`adaptreg.registry.fast.SqliteReader`, through MlflowClient."""
 
     def __init__(self, client: Any):
@@ -105,7 +106,7 @@ class _ClientReader:
         try:
             rm = self.client.get_registered_model(task)
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
         return rm if (rm.tags or {}).get(MANAGED_TAG) == "true" else None
@@ -148,7 +149,7 @@ class _ClientReader:
         try:
             return self._raw(self.client.get_model_version(task, str(int(version))))
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
 
@@ -175,7 +176,7 @@ class _ClientReader:
         by_version = self._alias_map(rm)
         for mv in self._search(f"name = '{task}' AND tags.`{STATUS_TAG}` = '{READY}'", ["version_number DESC"]):
             raw = {**self._raw(mv), "aliases": sorted(by_version.get(int(mv.version), []))}
-            if _usable(raw):
+            if is_usable(raw):
                 return raw
         return None
 
@@ -195,13 +196,13 @@ class Store:
         """An ``MlflowClient`` with both URIs set explicitly (never MLflow's defaults)."""
         if self._client is None:
             if self.location.kind == "http":
-                _check_reachable(self.location.uri)
+                check_reachable(self.location.uri)
             client_cls = _import_mlflow()
             db = self.location.db_path
             with self._lock():  # the first use of a fresh SQLite file creates its tables: one process at a time
                 if db is not None:
                     db.parent.mkdir(parents=True, exist_ok=True)
-                    _check_sqlite(db)
+                    check_sqlite(db)
                 client = client_cls(tracking_uri=self.location.uri, registry_uri=self.location.uri)
                 if db is not None:
                     try:
@@ -209,7 +210,7 @@ class Store:
                         client.search_registered_models(max_results=1)  # and the registry tables
                     except Exception as exc:
                         if "not a database" in str(exc) or "malformed" in str(exc):
-                            raise _db_error(db, exc) from None
+                            raise db_error(db, exc) from None
                         raise
                     self._reroot()
             self._client = client
@@ -229,7 +230,7 @@ class Store:
         if not self.location.movable or self.location.db_path is None:
             return None
         if self._stored_root is False:
-            self._stored_root = _stored_artifact_root(self.location.db_path)
+            self._stored_root = stored_artifact_root(self.location.db_path)
         old = self._stored_root
         return old if isinstance(old, str) and old != self.location.artifact_root.rstrip("/") else None
 
@@ -240,16 +241,16 @@ class Store:
         artifact paths until its next write re-roots them (:meth:`_reroot`); reads map them to
         the folder's own ``artifacts/`` meanwhile, so read-only copies work too.
         """
-        p = _local_path(source)
+        p = uri_to_path(source)
         old = self._old_root() if p is not None else None
         if old is None or not old.startswith("file:"):
             return p
-        old_dir = _local_path(old)
+        old_dir = uri_to_path(old)
         try:
             rel = p.relative_to(old_dir)  # type: ignore[union-attr, arg-type]
         except ValueError:
             return p
-        return _local_path(self.location.artifact_root) / rel  # type: ignore[operator, union-attr]
+        return uri_to_path(self.location.artifact_root) / rel  # type: ignore[operator, union-attr]
 
     def _reroot(self) -> None:
         """Rewrite the artifact locations of a copied or moved registry folder to where it is now
@@ -261,7 +262,7 @@ class Store:
         if old is None or db is None or not old.startswith("file:"):
             return
         new = self.location.artifact_root.rstrip("/")  # type: ignore[union-attr]
-        here = _local_path(new)
+        here = uri_to_path(new)
         if here is None or not here.is_dir():
             logger.warning("registry %s records artifacts under %s and has no artifacts/ folder of its own: "
                            "leaving its locations as they are", self.location.display, old)
@@ -269,7 +270,7 @@ class Store:
         con = sqlite3.connect(str(db), timeout=60)
         try:
             with con:
-                for table, col in _PATH_COLUMNS:
+                for table, col in PATH_COLUMNS:
                     cols = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
                     if col in cols:
                         con.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) "
@@ -278,7 +279,7 @@ class Store:
         finally:
             con.close()
         logger.info("registry %s was copied or moved from %s: artifact locations re-rooted", self.location.display,
-                    _local_path(old))
+                    uri_to_path(old))
         self._stored_root = new
 
     @contextlib.contextmanager
@@ -362,7 +363,7 @@ class Store:
         try:
             rm = client.get_registered_model(name)
         except Exception as exc:
-            if not _is_not_found(exc):
+            if not is_not_found(exc):
                 raise
             try:
                 self.write(client.create_registered_model, name, tags=tags, description=description)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._util import _finite
+from .._util import nan_to_none
 from .._version import __version__
 from ..errors import AdaptregError, ConfigError, DataError, NotFoundError
 from .batcher import MicroBatcher, Overloaded
@@ -182,14 +182,14 @@ def create_app(settings: ServeSettings | None = None, *, registry: Any = None, b
         except Exception as exc:  # noqa: BLE001 - every failure is one JSON line
             return _from_exception(exc)
         metrics.latency.observe(time.perf_counter() - t0)
-        return JSONResponse(_finite({"predictions": rows, "alias": snap.alias, "router_version": snap.router_version,
-                                     "snapshot": snap.id}))
+        return JSONResponse(nan_to_none({"predictions": rows, "alias": snap.alias,
+                                         "router_version": snap.router_version, "snapshot": snap.id}))
 
     @app.get("/tasks")
     async def tasks() -> JSONResponse:
         """The served tasks: versions, aliases, the version answering now, its metrics and labels."""
         try:
-            return JSONResponse(_finite(await run_in_threadpool(_task_table, manager)))
+            return JSONResponse(nan_to_none(await run_in_threadpool(_task_table, manager)))
         except Exception as exc:  # noqa: BLE001
             return _from_exception(exc)
 
@@ -198,7 +198,7 @@ def create_app(settings: ServeSettings | None = None, *, registry: Any = None, b
         """Liveness and what is served; ``status`` is ``degraded`` while the last hot swap failed."""
         snap = manager.current()
         st = manager.status()
-        return JSONResponse(_finite({
+        return JSONResponse(nan_to_none({
             "status": "degraded" if st["last_error"] else "ok", "version": __version__, "alias": settings.alias,
             "snapshot": snap.id if snap else None, "versions": dict(snap.versions) if snap else {},
             "router_version": snap.router_version if snap else None,
@@ -213,7 +213,7 @@ def create_app(settings: ServeSettings | None = None, *, registry: Any = None, b
             out = await run_in_threadpool(manager.reload)
         except Exception as exc:  # noqa: BLE001
             return _from_exception(exc)
-        return JSONResponse(_finite({"status": "degraded" if out["errors"] else "ok", **out}))
+        return JSONResponse(nan_to_none({"status": "degraded" if out["errors"] else "ok", **out}))
 
     @app.get("/metrics")
     async def metrics_text() -> PlainTextResponse:

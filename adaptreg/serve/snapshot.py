@@ -56,7 +56,8 @@ class Snapshot:
 
 
 def _lookup(reg: Any, task: str, alias: str | None) -> dict[str, Any]:
-    """The version the Predictor would load for ``task`` (``predict._resolve``), without verifying its files."""
+    """The version the Predictor would load for ``task``
+    (:func:`adaptreg.compose.predict.resolve_adapter`), without verifying its files."""
     if alias:
         try:
             return reg.lookup(task, alias=alias)
@@ -71,10 +72,10 @@ def served_state(reg: Any, alias: str, tasks: list[str] | None = None,
 
     Tasks whose served version was built on another base than ``fingerprint`` are left out.
     """
-    from ..compose.predict import _task_names
+    from ..compose.predict import task_names
     from ..compose.router import router_versions
 
-    names = list(tasks) if tasks else _task_names(reg)
+    names = list(tasks) if tasks else task_names(reg)
     versions: dict[str, int] = {}
     skipped: dict[str, str] = {}
     for t in names:
@@ -147,10 +148,10 @@ class SnapshotManager:
 
         if spec:
             return load_base(spec)
-        from ..compose.predict import _task_names
+        from ..compose.predict import task_names
 
         reg = self.registry
-        names = self.settings.tasks or _task_names(reg)
+        names = self.settings.tasks or task_names(reg)
         if not names:
             raise NotFoundError(f"no tasks in the registry at {reg.location.display}: onboard one with `adaptreg onboard`")
         for t in names:
