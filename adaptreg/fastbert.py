@@ -190,12 +190,17 @@ def _modules() -> Any:
         def additive_mask(mask: Any, dtype: Any) -> Any:
             return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, output_hidden_states: bool = False, **_: Any) -> Any:
+            """transformers' output fields: ``last_hidden_state`` and, when asked, ``hidden_states``."""
+            from types import SimpleNamespace
+
             h = self.embeddings(input_ids=input_ids)
             m = self.additive_mask(attention_mask, h.dtype)
+            states = [h]
             for layer in self.encoder.layer:
                 h = layer(h, m)
-            return h
+                states.append(h)
+            return SimpleNamespace(last_hidden_state=h, hidden_states=tuple(states) if output_hidden_states else None)
 
     return FastBert
 
@@ -241,6 +246,13 @@ class Tokenizer:
         finally:
             self._tok.no_truncation()
         return {"input_ids": [e.ids for e in enc]}
+
+    def pad(self, batch: dict, return_tensors: str = "pt", **_: Any) -> dict:
+        """Right-pad ``batch["input_ids"]`` into tensors with an attention mask (transformers' ``pad``)."""
+        from .trunk import pad
+
+        input_ids, mask = pad(batch["input_ids"], self.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def load(directory: str | Path) -> tuple[Any, Any, str] | None:

@@ -52,6 +52,11 @@ def test_first_load_goes_through_transformers_then_the_fast_path_gives_the_same_
     for i in range(5):  # embeddings and every layer, on real (unpadded) positions
         assert torch.allclose(a[i][m], b[i][m], atol=1e-5), i
     assert not load_base(str(tiny_base)).model.__module__.startswith("adaptreg")  # fast only when asked
+    from adaptreg.base import encode
+
+    for layer in (-1, (-4, -2)):  # frozen-base features (the router's, the probe's) agree too
+        assert torch.allclose(torch.as_tensor(encode(fast, TEXTS, 24, layer=layer)),
+                              torch.as_tensor(encode(hf, TEXTS, 24, layer=layer)), atol=1e-5)
 
 
 def test_fast_base_predicts_what_the_transformers_base_predicts(tiny_base, cache, tmp_path):

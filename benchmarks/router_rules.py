@@ -1,0 +1,73 @@
+"""Which routing rule on held-out *training* rows of the 8-task stream: nearest class mean (LDA) vs
+the calibrated route score, and which tasks the errors go to. No test row is read.
+
+usage: python benchmarks/router_rules.py [--json out.json]
+
+The tasks and caps of the 8-task continual stream (docs/benchmarks.md): each task's labelled rows
+(train + validation, 100 per class, at most 1,500 per task) are split in two halves by a fixed
+hash; a router fitted on one half of every task routes the other half, and the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from adaptreg.base import load_base
+from adaptreg.compose.router import Router
+from adaptreg.continual.benchmark import load_text_tasks
+
+TASKS = ["bbc-news", "spam", "movie-reviews", "tweet-sentiment", "yahoo-answers", "clinc150", "banking77",
+         "20-newsgroups"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    lb = load_base("minilm")
+    tasks = load_text_tasks(TASKS, 100, 0, None, 1500)
+    r0 = Router()
+    X, Y = {}, {}
+    for name, td in tasks:
+        texts = list(td.train.texts) + list(td.val.texts)
+        X[name] = r0.features(lb, texts)
+        Y[name] = np.asarray(list(td.train.y) + list(td.val.y))
+        print(f"features {name}: {len(texts)}", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
+    rules = {"lda (nearest class mean)": lambda r, x: np.asarray(r.task_distances(x)).argmin(1),
+             "route score (distance / calibrated quantile)": lambda r, x: np.asarray(r.decision_scores(x)).argmin(1)}
+    out = {}
+    for rule, pick in rules.items():
+        hits, conf = {n: 0 for n in X}, {n: {} for n in X}
+        for h in (0, 1):
+            r = Router(threshold=float("inf"))
+            for n in X:
+                m = halves[n] == h
+                r.add_task(n, X[n][m], Y[n][m])
+            for n in X:
+                m = halves[n] != h
+                routed = [r.tasks_[i] for i in pick(r, X[n][m])]
+                hits[n] += sum(t == n for t in routed)
+                for t in routed:
+                    if t != n:
+                        conf[n][t] = conf[n].get(t, 0) + 1
+        per = {n: hits[n] / len(Y[n]) for n in X}
+        out[rule] = {"mean": float(np.mean(list(per.values()))),
+                     "all_rows": sum(hits.values()) / sum(len(y) for y in Y.values()),
+                     "per_task": per, "errors_to": conf}
+        print(f"{rule}: mean over tasks {out[rule]['mean']:.4f}, all rows {out[rule]['all_rows']:.4f}")
+        for n in X:
+            top = sorted(conf[n].items(), key=lambda kv: -kv[1])[:3]
+            print(f"  {n:16s} {per[n]:.4f}  errors to {top}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
