@@ -1,7 +1,8 @@
 """Which routing rule on held-out *training* rows of the 8-task stream: nearest class mean (LDA) vs
-the calibrated route score, and which tasks the errors go to. No test row is read.
+the calibrated route score vs class means split into sub-clusters (k-means inside each label, as
+mixture discriminant analysis does), and which tasks the errors go to. No test row is read.
 
-usage: python benchmarks/router_rules.py [--json out.json]
+usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--json out.json]
 
 The tasks and caps of the 8-task continual stream (docs/benchmarks.md): each task's labelled rows
 (train + validation, 100 per class, at most 1,500 per task) are split in two halves by a fixed
@@ -24,9 +25,24 @@ TASKS = ["bbc-news", "spam", "movie-reviews", "tweet-sentiment", "yahoo-answers"
          "20-newsgroups"]
 
 
+def subclusters(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Labels refined into up to ``k`` k-means clusters each (labels with < 4k rows stay whole)."""
+    if k <= 1:
+        return y
+    from sklearn.cluster import KMeans
+
+    out = np.asarray(y).astype(np.int64) * 1000
+    for c in np.unique(y):
+        sel = np.flatnonzero(y == c)
+        if len(sel) >= 4 * k:
+            out[sel] += KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(x[sel])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--clusters", default="", help="Also try k sub-clusters per label, e.g. 2,4,8.")
     args = ap.parse_args()
     lb = load_base("minilm")
     tasks = load_text_tasks(TASKS, 100, 0, None, 1500)
@@ -39,16 +55,19 @@ def main() -> None:
         print(f"features {name}: {len(texts)}", file=sys.stderr)
     rng = np.random.default_rng(0)
     halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
-    rules = {"lda (nearest class mean)": lambda r, x: np.asarray(r.task_distances(x)).argmin(1),
-             "route score (distance / calibrated quantile)": lambda r, x: np.asarray(r.decision_scores(x)).argmin(1)}
+    lda = lambda r, x: np.asarray(r.task_distances(x)).argmin(1)  # noqa: E731
+    rules = {"lda (nearest class mean)": (lda, 1),
+             "route score (distance / calibrated quantile)": (lambda r, x: np.asarray(r.decision_scores(x)).argmin(1), 1)}
+    for k in [int(v) for v in args.clusters.split(",") if v.strip()]:
+        rules[f"lda over {k} sub-clusters per label"] = (lda, k)
     out = {}
-    for rule, pick in rules.items():
+    for rule, (pick, k) in rules.items():
         hits, conf = {n: 0 for n in X}, {n: {} for n in X}
         for h in (0, 1):
             r = Router(threshold=float("inf"))
             for n in X:
                 m = halves[n] == h
-                r.add_task(n, X[n][m], Y[n][m])
+                r.add_task(n, X[n][m], subclusters(r._prep(X[n][m]), Y[n][m], k))
             for n in X:
                 m = halves[n] != h
                 routed = [r.tasks_[i] for i in pick(r, X[n][m])]
