@@ -251,8 +251,11 @@ class StepMeter:
         if peak is not None:
             mem[i] = max(mem[i] or 0.0, peak)
 
-    def step(self, strategy: str, i: int) -> Any:
+    def step(self, strategies: str | Sequence[str], i: int) -> Any:
+        """Measure a block as step ``i`` of one strategy, or of several that share the work."""
         from contextlib import contextmanager
+
+        names = [strategies] if isinstance(strategies, str) else list(strategies)
 
         @contextmanager
         def measured():
@@ -261,14 +264,14 @@ class StepMeter:
             try:
                 yield
             finally:
-                self.add(strategy, i, time.perf_counter() - t, _peak_rss_mb())
+                dt, peak = time.perf_counter() - t, _peak_rss_mb()
+                for name in names:
+                    self.add(name, i, dt, peak)
 
         return measured()
 
     def to_dict(self) -> dict[str, Any]:
-        public = [k for k in self.seconds if not k.startswith("_")]
-        return {"seconds": {k: self.seconds[k] for k in public}, "peak_rss_mb": {k: self.peak_mb[k] for k in public},
-                "peak_is_per_step": self.peak_is_per_step}
+        return {"seconds": self.seconds, "peak_rss_mb": self.peak_mb, "peak_is_per_step": self.peak_is_per_step}
 
 
 def replay_buffer(splits: Sequence[Any], size: int) -> list[list[int]]:
@@ -466,24 +469,9 @@ class ContinualBenchmark:
         self.chosen: list[str] = []
         for j, (name, td) in enumerate(self.tasks):
             self.say(f"adapter {j + 1}/{self.T}: {name}")
-            with self._adapter_step(j):
+            with self.meter.step([x for x in ADAPTER_STRATEGIES if x in self.strategies], j):  # shared training
                 self._train_one_adapter(j, name, td)
             self.say(f"  {name}: test accuracy {self.adapter_acc[-1]:.4f} ({self.chosen[-1]})")
-
-    def _adapter_step(self, j: int) -> Any:
-        """Meter a per-task adapter's training under every strategy that shares it."""
-        from contextlib import contextmanager
-
-        shared = [x for x in ADAPTER_STRATEGIES if x in self.strategies]
-
-        @contextmanager
-        def measured():
-            with self.meter.step("_adapters", j):
-                yield
-            for x in shared:
-                self.meter.add(x, j, self.meter.seconds["_adapters"][j], self.meter.peak_mb["_adapters"][j])
-
-        return measured()
 
     def _train_one_adapter(self, j: int, name: str, td: Any) -> None:
         from peft import get_peft_model_state_dict
