@@ -643,18 +643,19 @@ class ContinualBenchmark:
         return peft_model
 
     # ------------------------------------------------------------------ seq-lora
-    def _shared_fit(self, td: Any, peft_model: Any, head: Any = None, regularizer: Any = None) -> Any:
-        """Train ``peft_model`` (kept, not unloaded) and a head on ``td``; returns the TaskModel."""
+    def _shared_fit(self, td: Any, peft_model: Any, head: Any = None, regularizer: Any = None) -> tuple[Any, int]:
+        """Train ``peft_model`` (kept, not unloaded) and a head on ``td``; returns the TaskModel and
+        the token length it was trained at."""
         if self._text:
-            return self.scenario.train_task(td, probe=False, peft_model=peft_model, head=head,
-                                            regularizer=regularizer).model
+            trained = self.scenario.train_task(td, probe=False, peft_model=peft_model, head=head, regularizer=regularizer)
+            return trained.model, trained.max_length
         from ..train import fit
 
         model = self.scenario.task_model(peft_model, td.n_labels)
         if head is not None:
             model.head = head
         fit(model, self.scenario.tokenizer, td, self._settings(), progress=False, regularizer=regularizer)
-        return model
+        return model, self._settings().max_length
 
     def _eval_heads(self, R: list, i: int, peft_model: Any, heads: list[Any]) -> None:
         for j in range(i + 1):
@@ -669,7 +670,7 @@ class ContinualBenchmark:
         try:
             for i, (name, td) in enumerate(self.tasks):
                 with self.meter.step("seq-lora", i):
-                    heads.append(self._shared_fit(td, peft_model).head)
+                    heads.append(self._shared_fit(td, peft_model)[0].head)
                     self._eval_heads(R, i, peft_model, heads)
                 self.say(f"  seq-lora after {name}: {[round(v, 3) for v in R[i][: i + 1]]}")
         finally:
@@ -707,11 +708,10 @@ class ContinualBenchmark:
                         with torch.no_grad():
                             new_head.weight[:lo] = head.weight
                             new_head.bias[:lo] = head.bias
-                    head = self._shared_fit(step, peft_model, head=new_head).head
-                    model = self.scenario.task_model(peft_model, len(labels))
-                    model.head = head
+                    model, length = self._shared_fit(step, peft_model, head=new_head)
+                    head = model.head
                     for j in range(i + 1):
-                        R[i][j] = self._eval_span(model, j, spans[j])
+                        R[i][j] = self._eval_span(model, j, spans[j], length)
                     buffer = replay_buffer([tdj.train for _, tdj in self.tasks[: i + 1]], self.replay_buffer)
                 self.say(f"  replay after {name} ({sum(map(len, buffer))} rows buffered): "
                          f"{[round(v, 3) for v in R[i][: i + 1]]}")
@@ -719,12 +719,12 @@ class ContinualBenchmark:
             self.scenario.release(peft_model)
         return R
 
-    def _eval_span(self, model: Any, j: int, span: tuple[int, int]) -> float | None:
-        """Task j's accuracy from the columns ``span`` of a union output layer."""
+    def _eval_span(self, model: Any, j: int, span: tuple[int, int], length: int) -> float | None:
+        """Task j's accuracy from the columns ``span`` of a union output layer, at the token length
+        that layer was trained at."""
         s = self._settings()
         tdj = self.tasks[j][1]
-        logits = _logits(model, self.scenario.tokenizer, tdj.test.texts, self.lengths[j] or s.max_length,
-                         s.eval_batch_size, s.truncation)
+        logits = _logits(model, self.scenario.tokenizer, tdj.test.texts, length, s.eval_batch_size, s.truncation)
         return _accuracy(logits[:, span[0]:span[1]].argmax(-1), tdj.test.y)
 
     # ------------------------------------------------------------------ O-LoRA
@@ -738,7 +738,7 @@ class ContinualBenchmark:
             for i, (name, td) in enumerate(self.tasks):
                 with self.meter.step("o-lora", i):
                     reg = add_olora_block(peft_model, blocks, config, self.olora_lambda)
-                    heads.append(self._shared_fit(td, peft_model, regularizer=reg).head)
+                    heads.append(self._shared_fit(td, peft_model, regularizer=reg)[0].head)
                     self._eval_heads(R, i, peft_model, heads)
                 self.say(f"  o-lora after {name}: {[round(v, 3) for v in R[i][: i + 1]]}")
         finally:
@@ -755,9 +755,9 @@ class ContinualBenchmark:
             with self.meter.step("joint", i):
                 try:
                     peft_model = self.scenario.new_peft()
-                    model = self._shared_fit(td, peft_model)
+                    model, length = self._shared_fit(td, peft_model)
                     for j in range(i + 1):
-                        R[i][j] = self._eval_span(model, j, spans[j])
+                        R[i][j] = self._eval_span(model, j, spans[j], length)
                 finally:
                     if peft_model is not None:
                         self.scenario.release(peft_model)
