@@ -138,7 +138,7 @@ def benchmark() -> None:
 @click.option("--max-per-class", type=int, default=None, help="Cap training examples per class (test capped alike).")
 @click.option("--test-per-class", type=int, default=None,
               help="Catalog text tasks: test on up to N texts per class of the full test split instead.")
-@click.option("--max-per-task", type=int, default=None,
+@click.option("--max-per-task", type=click.IntRange(min=2), default=None,
               help="Text tasks: cap each task's labelled rows (train + validation) at N, stratified by class, after "
                    "--max-per-class (keeps many-class tasks affordable).")
 @click.option("--out", default=_D["out"], show_default=True, metavar="DIR",
