@@ -414,26 +414,16 @@ class ContinualBenchmark:
                 res.R["merged"] = self._merged()
                 res.timings["merged"] = res.timings["task_adapters"] + time.perf_counter() - t
             self._checkpoint(res)
-        if "seq-lora" in self.strategies:
-            t = time.perf_counter()
-            seed_everything(s.seed)
-            res.R["seq-lora"] = self._seq_lora()
-            res.timings["seq-lora"] = time.perf_counter() - t
-            self._checkpoint(res)
-        for name, method in (("replay", self._replay), ("o-lora", self._o_lora)):
+        for name, method in (("seq-lora", self._seq_lora), ("replay", self._replay), ("o-lora", self._o_lora),
+                             ("joint", self._joint)):  # one shared model each, trained from the same seed
             if name in self.strategies:
                 t = time.perf_counter()
                 seed_everything(s.seed)
                 res.R[name] = method()
                 res.timings[name] = time.perf_counter() - t
                 self._checkpoint(res)
-        if "joint" in self.strategies:
-            t = time.perf_counter()
-            seed_everything(s.seed)
-            res.R["joint"] = self._joint()
-            res.timings["joint"] = time.perf_counter() - t
-            if not self.joint_every_step:
-                res.notes["joint"] = "trained once on all tasks: only the last row of R is measured"
+        if "joint" in self.strategies and not self.joint_every_step:
+            res.notes["joint"] = "trained once on all tasks: only the last row of R is measured"
         res.timings["total"] = time.perf_counter() - t0
         res.extra["steps"] = self.meter.to_dict()
         res.compute_metrics()
