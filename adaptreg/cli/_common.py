@@ -38,20 +38,27 @@ def out_dir_options(help: str) -> Callable:
     return decorate
 
 
-def resolve_out_dir(out: str | None, legacy_output: str | None) -> str | None:
-    """The folder asked for by ``--out`` or the deprecated ``--output`` (one stderr warning).
-
-    Both at once is refused with one line (exit 2), before any work.
+def resolve_out_dir(out: str | None, legacy_output: str | None, *, register: bool, overwrite: bool) -> str | None:
+    """The folder asked for by ``--out`` or the deprecated ``--output`` (one stderr warning), checked
+    before any work: both at once, or no folder while registration is off (nothing would be kept),
+    is refused with one line (exit 2); the folder must be writable (:func:`adaptreg._util.check_output_dir`).
     """
-    if legacy_output is None:
-        return out
-    if out is not None:
-        from ..errors import ConfigError  # a plain-Python module: no heavy import
+    from ..errors import ConfigError  # plain-Python modules: no heavy import
 
-        raise ConfigError(f"--out {out} and --output {legacy_output} both given: --output is the deprecated "
-                          "spelling of --out; give --out DIR only")
-    log(OUTPUT_DEPRECATED)
-    return legacy_output
+    if legacy_output is not None:
+        if out is not None:
+            raise ConfigError(f"--out {out} and --output {legacy_output} both given: --output is the deprecated "
+                              "spelling of --out; give --out DIR only")
+        log(OUTPUT_DEPRECATED)
+        out = legacy_output
+    if out is None:
+        if not register:
+            raise ConfigError("nothing would be kept: give --out DIR or leave registration on")
+        return None
+    from .._util import check_output_dir
+
+    check_output_dir(out, "--out", overwrite=overwrite)
+    return out
 
 
 def check_threshold(value: float | None, option: str = "--threshold") -> None:

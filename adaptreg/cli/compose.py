@@ -260,24 +260,18 @@ def merge(tasks: tuple[str, ...], name: str, method: str, weights: str | None, d
       adaptreg merge news sentiment --name combo --method ties --tune
       adaptreg merge news sentiment --name combo --out merged/combo --no-register --json
     """
-    from .._util import check_output_dir
     from ..compose.merge import merge_adapters, parse_sources
     from ..errors import ConfigError
 
     # every option is checked before the registry or a model is opened
     from ..artifact import validate_task_name
 
-    output = resolve_out_dir(out, legacy_output)
-
     validate_task_name(name)
     names = [t for t, _ in parse_sources(tasks)]
     w = _parse_weights(weights, len(tasks)) if weights is not None else None
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"--density {density}: must be in (0, 1]")
-    if no_register and output is None:
-        raise ConfigError("nothing would be kept: give --out DIR or leave registration on")
-    if output is not None:
-        check_output_dir(output, "--out", overwrite=overwrite)
+    output = resolve_out_dir(out, legacy_output, register=not no_register, overwrite=overwrite)
 
     reg = _registry(registry)
     lb = _base_for(reg, names, base)

@@ -81,22 +81,14 @@ def onboard(task: str, data: str, text_col: str, label_col: str, val_path: str |
       adaptreg onboard tickets --data tickets.csv --text-col body --label-col queue --rank 4
       adaptreg onboard news --data bbc-news --kind dora --epochs 2 --out adapters/news --no-register --json
     """
-    output = resolve_out_dir(out, legacy_output)
     lora = _settings(LoraSettings, opts)
     train = _settings(TrainSettings, opts)
-    # Checks that would otherwise fail after training: selector syntax and the output folder.
-    if no_register and output is None:
-        from ..errors import ConfigError
-
-        raise ConfigError("nothing would be kept: give --out DIR or leave registration on")
+    # Checks that would otherwise fail after training: the output folder and selector syntax.
+    output = resolve_out_dir(out, legacy_output, register=not no_register, overwrite=overwrite)
     if init_from is not None:
         from ..selectors import format_selector, parse_selector
 
         init_from = format_selector(*parse_selector(init_from, "--init-from"))
-    if output is not None:
-        from .._util import check_output_dir
-
-        check_output_dir(output, "--out", overwrite=overwrite)
     from ..train import onboard as run_onboard
 
     log(f"onboarding {task!r} from {data} on base {base} ({lora.kind}, rank {lora.rank})")
