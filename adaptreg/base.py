@@ -133,21 +133,19 @@ def load_base(spec: str | BaseRef, fast: bool = False) -> LoadedBase:
     local = Path(ref.path).is_dir()
     if local:
         _check_safetensors(Path(ref.path))  # a BaseRef made elsewhere is checked too
+    key = None
     if fast and local and os.environ.get("ADAPTREG_FAST_BASE", "1").lower() not in ("0", "false", "no"):
         from . import fastbert
 
-        found = fastbert.load(ref.path)
+        key = fastbert.eligible_key(ref.path)
+        found = fastbert.load(ref.path, key) if key else None
         if found is not None:
             model, tokenizer, fp = found
             return LoadedBase(ref, model, tokenizer, fingerprint_=fp)
     with _quiet_transformers():
         lb = _load(ref)
-    if local:
-        from . import fastbert
-
-        key = fastbert.content_key(ref.path) if fastbert.supported(lb.model.config.to_dict()) else None
-        if key:
-            fastbert.remember_fingerprint(key, lb.fingerprint)
+    if key:  # the fast path's next load of these files needs this fingerprint
+        fastbert.remember_fingerprint(key, lb.fingerprint)
     return lb
 
 

@@ -10,9 +10,9 @@ checks its hidden states and predictions against transformers' ``BertModel``.
 
 A base's fingerprint is a hash of transformers' view of its config plus every tensor. Without
 transformers the config part cannot be rebuilt, so the fingerprint of a base directory is cached
-(``<cache>/base-fingerprints.json``) the first time the base is loaded through transformers, keyed
-by a sha256 of its config and weight files: until then, and whenever a file changes, loading goes
-the transformers way. Anything this module does not cover (another architecture, relative
+(``<cache>/base-fingerprints.json``) the first time a fast load of the base finds none and falls
+back to transformers, keyed by a sha256 of its config and weight files: until then, and whenever a
+file changes, loading goes the transformers way. Anything this module does not cover (another architecture, relative
 positions, a file it does not recognise) also goes the transformers way: :func:`load` returns None.
 """
 
@@ -255,18 +255,32 @@ class Tokenizer:
         return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def load(directory: str | Path) -> tuple[Any, Any, str] | None:
-    """``(model, tokenizer, fingerprint)`` without transformers, or None where this path does not apply."""
-    d = Path(directory)
+def _config(directory: Path) -> dict[str, Any] | None:
     try:
-        config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not supported(config) or not (d / "tokenizer.json").is_file() or not (d / "model.safetensors").is_file():
+    return config if isinstance(config, dict) else None
+
+
+def eligible_key(directory: str | Path) -> str | None:
+    """The cache key of a directory this module can load (:func:`content_key`), else None."""
+    d = Path(directory)
+    config = _config(d)
+    if config is None or not supported(config) or not (d / "tokenizer.json").is_file() \
+            or not (d / "model.safetensors").is_file():
         return None
-    key = content_key(d)
+    return content_key(d)
+
+
+def load(directory: str | Path, key: str | None = None) -> tuple[Any, Any, str] | None:
+    """``(model, tokenizer, fingerprint)`` without transformers, or None where this path does not apply
+    (``key``: :func:`eligible_key` of the directory, when the caller has it already)."""
+    d = Path(directory)
+    key = key or eligible_key(d)
     fp = cached_fingerprint(key) if key else None
-    if fp is None:
+    config = _config(d) if fp else None
+    if fp is None or config is None:
         return None
     try:
         from safetensors.torch import load_file
@@ -284,5 +298,5 @@ def load(directory: str | Path) -> tuple[Any, Any, str] | None:
     return model, Tokenizer(tok, pad), fp
 
 
-__all__ = ["Config", "Tokenizer", "build", "cached_fingerprint", "content_key", "load", "remember_fingerprint",
-           "supported"]
+__all__ = ["Config", "Tokenizer", "build", "cached_fingerprint", "content_key", "eligible_key", "load",
+           "remember_fingerprint", "supported"]

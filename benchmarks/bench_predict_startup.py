@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     from adaptreg.base import load_base
 
     work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    lb = load_base(args.base)  # through transformers (as training does), which records the fingerprint the fast path needs
+    lb = load_base(args.base)  # through transformers, as training does
     reg, texts, _ = build_registry(lb, work, 4)
     text = texts[0]
     predict = [sys.executable, "-c", "from adaptreg.cli import run; run()", "predict", "--text", text,
