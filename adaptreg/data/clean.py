@@ -214,14 +214,19 @@ def check_splittable(rows: list[tuple[str, str]], what: str, where: str) -> None
 # --------------------------------------------------------------------------- 3. caps
 
 
-def cap_indices(keys: list[bytes], labels: list[Any], cap: int) -> list[int]:
-    """Indices kept when capping each class at ``cap``: lowest sha256 rank first, so caps nest."""
+def _keep_per_class(keys: list[bytes], labels: list[Any], quota: Any) -> list[int]:
+    """Indices of the ``quota(label)`` lowest-ranked rows (sha256 cap rank) of each class, in original order."""
     ranks = [_rank("adaptreg-cap", k) for k in keys]
     by_class: dict[Any, list[int]] = {}
     for i in sorted(range(len(keys)), key=ranks.__getitem__):
         by_class.setdefault(labels[i], []).append(i)
-    keep = {i for members in by_class.values() for i in members[:cap]}
+    keep = {i for c, members in by_class.items() for i in members[: quota(c)]}
     return [i for i in range(len(keys)) if i in keep]
+
+
+def cap_indices(keys: list[bytes], labels: list[Any], cap: int) -> list[int]:
+    """Indices kept when capping each class at ``cap``: lowest sha256 rank first, so caps nest."""
+    return _keep_per_class(keys, labels, lambda _: cap)
 
 
 def cap_rows(rows: list[tuple[str, str]], cap: int) -> list[tuple[str, str]]:
@@ -257,12 +262,7 @@ def cap_total_indices(keys: list[bytes], labels: list[Any], total: int) -> list[
         c = max(classes, key=lambda c: quota[c])
         quota[c] -= 1
         left += 1
-    ranks = [_rank("adaptreg-cap", k) for k in keys]
-    by_class: dict[Any, list[int]] = {}
-    for i in sorted(range(len(keys)), key=ranks.__getitem__):
-        by_class.setdefault(labels[i], []).append(i)
-    keep = {i for c, members in by_class.items() for i in members[: quota[c]]}
-    return [i for i in range(len(keys)) if i in keep]
+    return _keep_per_class(keys, labels, quota.__getitem__)
 
 
 def held_out_cap(cap: int, n_train: int, n_test: int) -> int:
