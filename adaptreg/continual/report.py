@@ -142,20 +142,24 @@ def plot_steps(results: dict[str, Any], path: Path) -> None:
     for ax, (key, label) in zip(axes, panels):
         for s in results["strategies"]:
             ys = steps[key].get(s)
-            pts = [(i + 1, v) for i, v in enumerate(ys or []) if v is not None]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=s)
+            _plot_steps(ax, ys or [], 1.0, markersize=3, label=s)
         ax.set_ylabel(label)
     if routing:
         ax = axes[-1]
-        pts = [(i + 1, 100 * v) for i, v in enumerate(routing) if v is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color="black")
+        _plot_steps(ax, routing, 100.0, markersize=3, color="black")
         ax.set_ylabel("router accuracy (%)")
     for ax in axes:
         _task_axis(ax, tasks)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _plot_steps(ax: Any, values: list[float | None], scale: float, **style: Any) -> None:
+    """One line over steps 1..T of ``scale`` x the defined values (undefined steps are skipped)."""
+    pts = [(i + 1, scale * v) for i, v in enumerate(values) if v is not None]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", **style)
 
 
 def _task_axis(ax: Any, tasks: list[str]) -> None:
@@ -204,9 +208,7 @@ def plot_curves(results: dict[str, Any], key: str, path: Path, ylabel: str) -> N
     ax = fig.subplots()
     for s in results["strategies"]:
         ys = results["metrics"][s][key]
-        pts = [(i + 1, 100 * v) for i, v in enumerate(ys) if v is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=s)
+        _plot_steps(ax, ys, 100.0, markersize=4, label=s)
     _task_axis(ax, tasks)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
