@@ -565,7 +565,7 @@ def router_features_from_cache(lb: LoadedBase, cache: Any, texts: list[str], rou
             rows = [other[k] for k in idx]
             x, m = pad([ids[i] for i in rows], lb.tokenizer.pad_token_id or 0)
             out[rows] = pooled(frozen_states(lb.model, x, m, max(layers), layers), m, layers).numpy()
-    return out
+    return router.with_surface(out, texts)
 
 
 def zero_adapter(peft_model: Any) -> None:
@@ -828,8 +828,7 @@ def onboard(
 
         logger.info("adding %r to the task router", task)
         def featurizer(r: Any) -> Any:
-            same = routing is not None and (r.max_length, r.feature_layers, r.truncation) == \
-                (routing.max_length, routing.feature_layers, routing.truncation)
+            same = routing is not None and r.feature_key() == routing.feature_key()
             return (trained.router_features, list(td.train.y)) if same and trained.router_features is not None else None
 
         _, router_rec = add_task_to_registry_router(reg, task, lb, version=int(result.version), data=td,

@@ -26,13 +26,15 @@ def main() -> None:
     ap.add_argument("--max-per-class", type=int, default=50, help="training rows per intent for the router")
     ap.add_argument("--base", default="minilm")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats of the routing step (minimum kept)")
+    ap.add_argument("--surface", type=float, default=None, help="weight of the router's text-surface block "
+                    "(default: the Router default; 0 = layer features only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     import numpy as np
 
     from adaptreg.base import load_base
-    from adaptreg.compose.router import UNKNOWN, Router
+    from adaptreg.compose.router import SURFACE_DIMS, UNKNOWN, Router
     from adaptreg.data import catalog
     from adaptreg.data.tasks import load_task
 
@@ -44,18 +46,21 @@ def main() -> None:
         catalog.fetch(name)
     tds = {s: load_task(s, max_per_class=args.max_per_class) for s in specs + ten}
     lb = load_base(args.base)
-    probe = Router()
+    kw = {} if args.surface is None else {"surface": args.surface}
+    probe = Router(**({"surface": 1.0} if args.surface == 0 else kw))  # features with the block; weight 0 drops it
     texts = sorted({t for td in tds.values() for part in (td.train, td.test) for t in part.texts})
     t0 = time.perf_counter()
     feats = probe.features(lb, texts)
     trunk_s_per_row = (time.perf_counter() - t0) / len(texts)
     index = {t: i for i, t in enumerate(texts)}
 
+    keep = slice(0, feats.shape[1] - SURFACE_DIMS) if args.surface == 0 else slice(None)
+
     def x(part) -> np.ndarray:
-        return feats[[index[t] for t in part.texts]]
+        return feats[[index[t] for t in part.texts]][:, keep]
 
     def evaluate(names: list[str]) -> dict:
-        router = Router()
+        router = Router(**kw)
         t0 = time.perf_counter()
         for s in names:
             router.add_task(s, x(tds[s].train), tds[s].train.y)
@@ -80,7 +85,7 @@ def main() -> None:
         r["router_time_vs_first"] = r["router_ms_per_row"] / base_ms
         r["total_ms_per_row"] = r["router_ms_per_row"] + 1000.0 * trunk_s_per_row
     clinc10 = evaluate(ten)
-    out = {"counts": counts, "max_per_class": args.max_per_class, "trunk_ms_per_row": 1000.0 * trunk_s_per_row,
+    out = {"surface": Router(**kw).surface, "counts": counts, "max_per_class": args.max_per_class, "trunk_ms_per_row": 1000.0 * trunk_s_per_row,
            "scale": scale, "clinc150_10_tasks": clinc10,
            "targets": {"clinc150_10_tasks_accuracy>=0.90": clinc10["accuracy"] >= 0.90,
                        "router_time_32_vs_4<=2": scale[-1]["router_time_vs_first"] <= 2.0 if counts[0] == 4 else None,

@@ -1,8 +1,9 @@
 """Which routing rule on held-out *training* rows of the 8-task stream: nearest class mean (LDA) vs
 the calibrated route score vs class means split into sub-clusters (k-means inside each label, as
-mixture discriminant analysis does), and which tasks the errors go to. No test row is read.
+mixture discriminant analysis does) vs weights of the text-surface block, and which tasks the
+errors go to. No test row is read.
 
-usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--json out.json]
+usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--surface 0,0.5,1,2,4] [--json out.json]
 
 The tasks and caps of the 8-task continual stream (docs/benchmarks.md): each task's labelled rows
 (train + validation, 100 per class, at most 1,500 per task) are split in two halves by a fixed
@@ -18,7 +19,7 @@ import sys
 import numpy as np
 
 from adaptreg.base import load_base
-from adaptreg.compose.router import Router
+from adaptreg.compose.router import SURFACE_DIMS, Router
 from adaptreg.continual.benchmark import load_text_tasks
 
 TASKS = ["bbc-news", "spam", "movie-reviews", "tweet-sentiment", "yahoo-answers", "clinc150", "banking77",
@@ -43,10 +44,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--clusters", default="", help="Also try k sub-clusters per label, e.g. 2,4,8.")
+    ap.add_argument("--surface", default="", help="Also try these weights of the text-surface block (0 = none), "
+                    "nearest class mean; the other rules use the default weight.")
     args = ap.parse_args()
     lb = load_base("minilm")
     tasks = load_text_tasks(TASKS, 100, 0, None, 1500)
-    r0 = Router()
+    r0 = Router()  # layer features + the surface block; a weight-0 router drops the block
     X, Y = {}, {}
     for name, td in tasks:
         texts = list(td.train.texts) + list(td.val.texts)
@@ -56,21 +59,25 @@ def main() -> None:
     rng = np.random.default_rng(0)
     halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
     lda = lambda r, x: np.asarray(r.task_distances(x)).argmin(1)  # noqa: E731
-    rules = {"lda (nearest class mean)": (lda, 1),
-             "route score (distance / calibrated quantile)": (lambda r, x: np.asarray(r.decision_scores(x)).argmin(1), 1)}
+    rules = {"lda (nearest class mean)": (lda, 1, r0.surface),
+             "route score (distance / calibrated quantile)":
+                 (lambda r, x: np.asarray(r.decision_scores(x)).argmin(1), 1, r0.surface)}
     for k in [int(v) for v in args.clusters.split(",") if v.strip()]:
-        rules[f"lda over {k} sub-clusters per label"] = (lda, k)
+        rules[f"lda over {k} sub-clusters per label"] = (lda, k, r0.surface)
+    for w in [float(v) for v in args.surface.split(",") if v.strip()]:
+        rules[f"lda, surface weight {w:g}"] = (lda, 1, w)
     out = {}
-    for rule, (pick, k) in rules.items():
+    for rule, (pick, k, w) in rules.items():
         hits, conf = {n: 0 for n in X}, {n: {} for n in X}
+        cols = {n: slice(None) if w else slice(0, X[n].shape[1] - SURFACE_DIMS) for n in X}
         for h in (0, 1):
-            r = Router(threshold=float("inf"))
+            r = Router(threshold=float("inf"), surface=w)
             for n in X:
                 m = halves[n] == h
-                r.add_task(n, X[n][m], subclusters(r._prep(X[n][m]), Y[n][m], k))
+                r.add_task(n, X[n][m][:, cols[n]], subclusters(r._prep(X[n][m][:, cols[n]]), Y[n][m], k))
             for n in X:
                 m = halves[n] != h
-                routed = [r.tasks_[i] for i in pick(r, X[n][m])]
+                routed = [r.tasks_[i] for i in pick(r, X[n][m][:, cols[n]])]
                 hits[n] += sum(t == n for t in routed)
                 for t in routed:
                     if t != n:

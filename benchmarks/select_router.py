@@ -73,6 +73,7 @@ def main() -> None:
             task_data[t] = (load_task_from_manifest(manifest), str(manifest["data"]["source"]).split("@")[0])
     depth = int(base.model.config.num_hidden_layers) + 1
     knobs = {k: v for k, v in (("max_length", args.max_length), ("truncation", args.truncation)) if v is not None}
+    knobs["surface"] = 0  # layers are chosen on the layer features alone (the surface block: router_rules.py)
     every = Router(layers=tuple(range(-depth, 0)), **knobs)  # all hidden states at once; blocks sliced below
     feats: dict[str, dict[str, np.ndarray]] = {}
     labels: dict[str, np.ndarray] = {}

@@ -18,7 +18,7 @@ from adaptreg import artifact
 from adaptreg.base import load_base
 from adaptreg.cli import main
 from adaptreg.compose.predict import Predictor
-from adaptreg.compose.router import UNKNOWN, Router
+from adaptreg.compose.router import SURFACE_DIMS, UNKNOWN, Router
 from adaptreg.data.tasks import load_task
 from adaptreg.errors import IncompatibleBaseError, NotFoundError
 
@@ -270,7 +270,9 @@ def test_router_layers_the_base_lacks_are_refused_by_name(world):
     deep = Router(layers=(-9, -2))  # the tiny base has 5 hidden states
     with pytest.raises(ConfigError, match="hidden-state index -9 does not exist: this base has 5"):
         deep.features(world["lb"], ["a b c"])
-    assert Router(layers=(0, -1)).features(world["lb"], ["a b c", "d"]).shape == (2, 2 * world["lb"].hidden_size)
+    assert Router(layers=(0, -1)).features(world["lb"], ["a b c", "d"]).shape == (2, 2 * world["lb"].hidden_size
+                                                                                   + SURFACE_DIMS)
+    assert Router(layers=(0, -1), surface=0).features(world["lb"], ["a b c"]).shape == (1, 2 * world["lb"].hidden_size)
 
 
 def test_concurrent_router_updates_keep_every_task(world, tmp_path, tmp_path_factory):

@@ -26,7 +26,7 @@ def _router(seed: int = 0):
     from adaptreg.compose.router import Router
 
     rng = np.random.default_rng(seed)
-    r = Router(layers=(-1,))
+    r = Router(layers=(-1,), surface=0)
     r.add_task("news@1", rng.normal(size=(20, 8)), rng.integers(0, 2, 20))
     return r
 

@@ -27,7 +27,7 @@ def data():
 
 
 def _fit_all(train, **kw):
-    return Router(**kw).fit({t: v[0] for t, v in train.items()}, {t: v[1] for t, v in train.items()})
+    return Router(surface=0, **kw).fit({t: v[0] for t, v in train.items()}, {t: v[1] for t, v in train.items()})
 
 
 def test_routes_held_out_rows_to_their_task(data):
@@ -42,7 +42,7 @@ def test_routes_held_out_rows_to_their_task(data):
 def test_adding_tasks_one_by_one_equals_fitting_all_at_once(data):
     train, test = data
     once = _fit_all(train)
-    step = Router()
+    step = Router(surface=0)
     for t, (x, y) in train.items():
         step.add_task(t, x, y)
     x = np.vstack([v[0] for v in test.values()])
@@ -73,7 +73,7 @@ def test_abstains_far_from_every_task(data):
     routed, scores = r.route(far)
     assert set(routed) == {UNKNOWN} and (scores > 1).all()
     # user-set thresholds: huge = never abstain
-    assert UNKNOWN not in Router(threshold=1e9).fit({t: v[0] for t, v in train.items()}).route(far)[0]
+    assert UNKNOWN not in Router(surface=0, threshold=1e9).fit({t: v[0] for t, v in train.items()}).route(far)[0]
     assert UNKNOWN not in r.route(far, threshold=1e9)[0]
 
 
@@ -88,7 +88,7 @@ def test_restricting_candidates(data):
 
 def test_task_without_labels_is_one_class(data):
     train, test = data
-    r = Router().fit({t: v[0] for t, v in train.items()})
+    r = Router(surface=0).fit({t: v[0] for t, v in train.items()})
     assert len(r.means_) == len(train)
     assert routing_report(r, {t: v[0] for t, v in test.items()})["accuracy"] > 0.85
 
@@ -117,23 +117,23 @@ def test_save_load_round_trip_without_pickle(data, tmp_path):
 def test_errors_name_the_problem(data):
     train, _ = data
     with pytest.raises(NotFittedError, match="not fitted yet"):
-        Router().route(np.zeros((1, DIM)))
+        Router(surface=0).route(np.zeros((1, DIM)))
     r = _fit_all(train)
     with pytest.raises(DataError, match="dimensions"):
         r.add_task("bad", np.zeros((5, DIM + 1)))
     with pytest.raises(ConfigError, match="already routed"):
         r.add_task("news", *train["news"])
     with pytest.raises(ConfigError, match="quantile"):
-        Router(quantile=1.5).add_task("x", *train["news"])
+        Router(surface=0, quantile=1.5).add_task("x", *train["news"])
     with pytest.raises(DataError, match="NaN"):
-        Router().add_task("x", np.full((3, DIM), np.nan))
+        Router(surface=0).add_task("x", np.full((3, DIM), np.nan))
 
 
 def test_replace_task_equals_fresh_fit():
     rng = np.random.default_rng(7)
     a, b, b2 = (rng.normal(size=(40, 6)) + k for k in (0, 3, 5))
-    r = Router().add_task("a", a).add_task("b", b).add_task("b", b2, replace=True)
-    fresh = Router().add_task("a", a).add_task("b", b2)
+    r = Router(surface=0).add_task("a", a).add_task("b", b).add_task("b", b2, replace=True)
+    fresh = Router(surface=0).add_task("a", a).add_task("b", b2)
     assert r.tasks_ == fresh.tasks_
     np.testing.assert_allclose(r.means_, fresh.means_)
     np.testing.assert_allclose(r.scatters_, fresh.scatters_)
@@ -147,7 +147,7 @@ def test_threshold_one_refuses_about_the_quantile_of_held_out_rows():
     (too small) distances in many dimensions would give."""
     rng = np.random.default_rng(3)
     centres = {t: rng.normal(size=DIM) for t in ("a", "b", "c")}
-    r = Router()
+    r = Router(surface=0)
     for t, c in centres.items():
         r.add_task(t, *_task(rng, c, n=200))
     fresh = np.vstack([_task(rng, c, n=2000)[0] for c in centres.values()])
@@ -158,9 +158,9 @@ def test_threshold_one_refuses_about_the_quantile_of_held_out_rows():
 
 def test_features_must_split_into_one_block_per_layer():
     with pytest.raises(DataError, match="not a multiple"):
-        Router(layers=(-4, -2)).add_task("x", np.ones((5, 7)))
+        Router(surface=0, layers=(-4, -2)).add_task("x", np.ones((5, 7)))
     with pytest.raises(ConfigError, match="layers is empty"):
-        Router(layers=()).add_task("x", np.ones((5, 8)))
+        Router(surface=0, layers=()).add_task("x", np.ones((5, 8)))
 
 
 def test_router_of_an_older_schema_is_refused_with_the_fix(data, tmp_path):
@@ -178,7 +178,7 @@ def test_router_of_an_older_schema_is_refused_with_the_fix(data, tmp_path):
 def test_task_distances_take_each_tasks_nearest_class():
     """The vectorised per-task minimum equals the minimum over each task's classes, checked by brute force."""
     rng = np.random.default_rng(3)
-    r = Router(layers=(-1,))
+    r = Router(surface=0, layers=(-1,))
     for k in range(5):
         r.add_task(f"t{k}", rng.normal(size=(40, 12)) + k, rng.integers(0, 3 + k % 2, 40))
     x = rng.normal(size=(30, 12)) + 2
@@ -197,11 +197,11 @@ def test_a_second_version_on_the_same_rows_routes_like_the_first():
     second version's calibration leaves its twin out of the pooled "other tasks"."""
     rng = np.random.default_rng(5)
     data = {t: (rng.normal(size=(60, 16)) + 3 * k, rng.integers(0, 3, 60)) for k, t in enumerate(("a", "b"))}
-    both = Router(layers=(-1,))
+    both = Router(surface=0, layers=(-1,))
     both.add_task("a@1", *data["a"])
     both.add_task("b@1", *data["b"])
     both.add_task("a@2", *data["a"])  # the same rows again, as re-onboarding on the same data does
-    alone = Router(layers=(-1,))
+    alone = Router(surface=0, layers=(-1,))
     alone.add_task("a@1", *data["a"])
     alone.add_task("b@1", *data["b"])
     x = np.concatenate([rng.normal(size=(40, 16)), rng.normal(size=(40, 16)) + 3])
@@ -212,3 +212,69 @@ def test_a_second_version_on_the_same_rows_routes_like_the_first():
     assert abs(both.ratios_[2] / both.ratios_[0] - 1) < 0.1
     r2, s2 = both.route(x, tasks=["a@2", "b@1"])
     assert [t.replace("@2", "@1") for t in r2] == ra and np.allclose(s2, sa, rtol=0.1)
+
+
+# -- the text-surface block -------------------------------------------------------------------
+
+def test_surface_features_read_the_form_of_a_text():
+    from adaptreg.compose.router import SURFACE_DIMS, surface_features
+
+    f = surface_features(["what is my balance", "What is my balance?", "Line one.\nLine two.\nLine three.", ""])
+    assert f.shape == (4, SURFACE_DIMS) and np.isfinite(f).all()
+    assert f[1, 1] > f[0, 1]  # a share of capitals
+    assert f[2, 4] > f[0, 4]  # line breaks
+    assert list(f[1, 7:]) == [1.0, 1.0, 0.0] and list(f[0, 7:]) == [0.0, 0.0, 0.0] and f[2, 9] == 1.0
+
+
+def test_surface_block_separates_tasks_whose_embeddings_agree():
+    """Two tasks with the same layer-feature distribution, one typed in lower case without
+    punctuation and one in sentence case with a question mark: only the surface block tells them apart."""
+    rng = np.random.default_rng(5)
+    words = ["balance", "card", "transfer", "pin", "account", "limit", "fee", "refund"]
+    def texts(n, styled):
+        out = []
+        for _ in range(n):
+            s = " ".join(rng.choice(words, rng.integers(3, 8)))
+            out.append(s[0].upper() + s[1:] + "?" if styled else s)
+        return out
+    train = {"plain": texts(200, False), "styled": texts(200, True)}
+    test = {"plain": texts(100, False), "styled": texts(100, True)}
+    emb = lambda n: rng.normal(size=(n, 16))  # noqa: E731  the same distribution for both tasks
+    accs = {}
+    for surface in (0.0, 1.0):
+        r = Router(surface=surface)
+        for t, tx in train.items():
+            r.add_task(t, r.with_surface(emb(len(tx)), tx))
+        rep = routing_report(r, {t: r.with_surface(emb(len(tx)), tx) for t, tx in test.items()}, threshold=1e9)
+        accs[surface] = rep["accuracy"]
+    assert accs[0.0] < 0.7 and accs[1.0] > 0.99
+
+
+def test_features_without_the_surface_block_are_refused_with_the_fix():
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError, match="text-surface block.*Router.features"):
+        Router().add_task("x", rng.normal(size=(20, 24)))
+    with pytest.raises(DataError, match="feature rows for"):
+        Router().with_surface(np.zeros((2, 4)), ["one text"])
+    with pytest.raises(ConfigError, match="surface"):
+        Router(surface=-1).add_task("x", rng.normal(size=(20, 24)))
+
+
+def test_surface_router_round_trips_and_older_routers_load_without_it(tmp_path):
+    import json
+
+    rng = np.random.default_rng(1)
+    tx = [f"Text number {i}{'?' if i % 2 else '.'}" for i in range(30)]
+    r = Router()
+    r.add_task("a", r.with_surface(rng.normal(size=(30, 8)), tx), np.arange(30) % 2)
+    r.add_task("b", r.with_surface(rng.normal(size=(30, 8)) + 1, [t.lower() for t in tx]))
+    back = Router.load(r.save(tmp_path / "r"))
+    x = r.with_surface(rng.normal(size=(10, 8)), tx[:10])
+    assert back.surface == r.surface and back.route(x)[0] == r.route(x)[0]
+    assert np.allclose(back.route(x)[1], r.route(x)[1])
+    old = Router(surface=0).fit({"a": rng.normal(size=(30, 8))})
+    d = old.save(tmp_path / "old")
+    meta = json.loads((d / "router.json").read_text())
+    del meta["params"]["surface"]  # as written before the surface block existed
+    (d / "router.json").write_text(json.dumps(meta))
+    assert Router.load(d).surface == 0.0

@@ -255,8 +255,9 @@ class Predictor:
         """Frozen-base routing features (numpy, input order), from the trunk pass."""
         if self.router is None:
             raise ConfigError("this predictor has no router")
-        _, feats = self._trunk(self._route_ids(list(texts)), batch_size, self._router_layers())
-        return feats.numpy()
+        texts = list(texts)
+        _, feats = self._trunk(self._route_ids(texts), batch_size, self._router_layers())
+        return self.router.with_surface(feats.numpy(), texts)
 
     def route(self, texts: list[str], threshold: float | None = None, batch_size: int = 32) -> tuple[list[str], Any]:
         return self._route_feats(self.route_features(texts, batch_size), threshold)
@@ -315,7 +316,7 @@ class Predictor:
         elif task is None:
             shared_ids = self._route_ids(texts)
             states, feats = self._trunk(shared_ids, batch_size, self._router_layers())
-            tasks, sc = self._route_feats(feats.numpy(), threshold) if texts else ([], [])
+            tasks, sc = self._route_feats(self.router.with_surface(feats.numpy(), texts), threshold) if texts else ([], [])
             scores = [float(v) for v in sc]
         else:
             tasks = [task] * len(texts) if isinstance(task, str) else list(task)

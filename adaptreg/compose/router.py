@@ -7,6 +7,13 @@ It keeps only compact statistics per task: each class's count and mean, and the 
 within-class scatter matrix per block. The pooled covariance is the sum of the tasks' scatters,
 so :meth:`Router.add_task` never needs an earlier task's data.
 
+Text surface: by default the features end with a small block of character statistics of the raw
+text (:func:`surface_features`: length, and the shares of capitals, digits, punctuation, line
+breaks, spaces and non-ASCII characters, on a log scale, plus how the text starts and ends), its
+distance weighted by ``surface``. A mean-pooled uncased sentence embedding sees topic, not genre or
+form: it cannot tell a mail from a newsgroup post on the same subject, or "what's my balance" typed
+in lower case from the same question in a banking app's log, which the surface block can.
+
 Abstention: a row whose squared Mahalanobis distance to its nearest class mean is far above what
 that task's held-out rows show is routed ``"unknown"``. Calibration uses training data only
 (never test data): when a task is added, its rows are cross-fitted (each fold measured against
@@ -56,12 +63,47 @@ def _oas(cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
 
 
 DEFAULT_THRESHOLD = 1.0
+# Weight of the text-surface block's distance (0 = no surface block). Chosen on held-out training
+# rows of the 8-task stream (`benchmarks/router_rules.py --surface`, docs/composition.md).
+DEFAULT_SURFACE = 4.0
+SURFACE_DIMS = 10
+_SURFACE_CHARS = 2048  # the shares are read from a text's first characters (its length from all of it)
+_SURFACE_EPS = 1e-3
+# Added to the surface block's variances: no surface feature is trusted beyond the spread of a fair
+# coin (0.25), so a feature that never varied in training (every text lower case) costs a row that
+# breaks the pattern a bounded distance rather than an unbounded one.
+_SURFACE_FLOOR = 0.25
 # Inside the trunk of the default 2 adapted layers (hidden state -4 = output of layer n-3, one below
 # the trunk's output), at the onboarding length cap with onboarding's default (head) truncation:
 # routing reads the trunk pass that prediction runs anyway. Chosen on validation rows
 # (docs/composition.md): 0.84 % routing errors, as low as any set inside the trunk.
 DEFAULT_LAYERS = (-4,)
 DEFAULT_MAX_LENGTH = 128
+
+
+def surface_features(texts: list[str]) -> np.ndarray:
+    """Character statistics of each raw text [rows, SURFACE_DIMS]: log length, log share (plus
+    1e-3) of capitals among ASCII letters, of digits, ASCII punctuation, line breaks, spaces and
+    non-ASCII characters (the shares over the first 2,048 characters), and whether it starts with
+    a capital, ends with "?" or ends with "." or "!"."""
+    out = np.zeros((len(texts), SURFACE_DIMS))
+    for r, text in enumerate(texts):
+        t = str(text)
+        head = t[:_SURFACE_CHARS]
+        c = np.frombuffer(head.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # code points, vectorised
+        n = max(len(c), 1)
+        upper = int(((c >= 65) & (c <= 90)).sum())
+        letters = upper + int(((c >= 97) & (c <= 122)).sum())
+        digits = int(((c >= 48) & (c <= 57)).sum())
+        spaces = int(((c >= 9) & (c <= 13)).sum() + (c == 32).sum())
+        other = int((c > 127).sum())
+        punct = len(c) - letters - digits - spaces - other
+        tail = t.rstrip()[-1:]
+        out[r, 0] = math.log1p(len(t))
+        out[r, 1:7] = np.log(np.array([upper / max(letters, 1), digits / n, punct / n, int((c == 10).sum()) / n,
+                                       spaces / n, other / n]) + _SURFACE_EPS)
+        out[r, 7:] = (head[:1].isupper(), tail == "?", tail in (".", "!"))
+    return out
 
 
 def _layers(layers: Any) -> tuple[int, ...]:
@@ -96,11 +138,14 @@ class Router:
         Cross-fitting folds that calibrate a new task's held-out distances when it is added.
     truncation : "head" or "head+tail"
         How texts longer than ``max_length`` are cut (:func:`adaptreg.trunk.tokenize`).
+    surface : float
+        Weight of the text-surface block's distance (:func:`surface_features`, its own shrunk
+        covariance); 0 = layer features only. Routers saved before it existed load with 0.
     """
 
     def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
                  normalize: bool = True, max_length: int = DEFAULT_MAX_LENGTH, layers: Any = DEFAULT_LAYERS, folds: int = 5,
-                 truncation: str = "head"):
+                 truncation: str = "head", surface: float = DEFAULT_SURFACE):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
@@ -109,12 +154,14 @@ class Router:
         self.layers = layers
         self.folds = folds
         self.truncation = truncation
+        self.surface = surface
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
                 "normalize": self.normalize, "max_length": self.max_length,
-                "layers": list(self.feature_layers), "folds": self.folds, "truncation": self.truncation}
+                "layers": list(self.feature_layers), "folds": self.folds, "truncation": self.truncation,
+                "surface": self.surface}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -131,6 +178,12 @@ class Router:
             raise ConfigError(f"truncation {self.truncation!r} is unknown: use head or head+tail")
         if int(self.folds) < 2:
             raise ConfigError(f"folds == {self.folds}, must be >= 2")
+        if not (isinstance(self.surface, (int, float)) and 0 <= float(self.surface) < math.inf):
+            raise ConfigError(f"surface == {self.surface!r}, must be a number >= 0 (0 = no text-surface block)")
+
+    def feature_key(self) -> tuple:
+        """What decides a row's routing features: two routers with the same key featurize alike."""
+        return int(self.max_length), self.feature_layers, self.truncation, bool(self.surface)
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -141,13 +194,25 @@ class Router:
         """Frozen-base routing features of ``texts``, at this router's ``max_length`` and ``layers``."""
         from ..base import encode
 
-        return encode(base, list(texts), int(self.max_length), batch_size, layer=self.feature_layers,
-                      truncation=self.truncation)
+        x = encode(base, list(texts), int(self.max_length), batch_size, layer=self.feature_layers,
+                   truncation=self.truncation)
+        return self.with_surface(x, texts)
+
+    def with_surface(self, features: Any, texts: list[str]) -> np.ndarray:
+        """Layer features of ``texts`` (pooled by the caller, e.g. from a trunk pass) completed
+        with the text-surface block when this router uses one; what :meth:`features` returns."""
+        x = np.asarray(features)
+        if not self.surface:
+            return x
+        if len(x) != len(texts):
+            raise DataError(f"{len(x)} feature rows for {len(texts)} texts")
+        return np.concatenate([x, surface_features(list(texts)).astype(x.dtype, copy=False)], 1)
 
     # ------------------------------------------------------------------ learning
     def fit(self, features_by_task: dict[str, Any], labels_by_task: dict[str, Any] | None = None) -> "Router":
         """Learn from every task at once (same result as calling :meth:`add_task` per task, in order)."""
-        for attr in ("tasks_", "class_tasks_", "class_labels_", "counts_", "means_", "scatters_", "ratios_"):
+        for attr in ("tasks_", "class_tasks_", "class_labels_", "counts_", "means_", "scatters_", "surface_scatters_",
+                     "ratios_"):
             if hasattr(self, attr):
                 delattr(self, attr)
         self._cache = None
@@ -167,6 +232,7 @@ class Router:
         self.class_labels_ = [c for c, k in zip(self.class_labels_, keep) if k]
         self.counts_, self.means_ = self.counts_[keep], self.means_[keep]
         self.scatters_ = np.delete(self.scatters_, i, axis=0)
+        self.surface_scatters_ = np.delete(self.surface_scatters_, i, axis=0)
         self.ratios_ = np.delete(self.ratios_, i)
         self._cache = None
         return self
@@ -190,6 +256,7 @@ class Router:
             self.means_ = np.zeros((0, x.shape[1]))
             _, blocks, d = self._blocks(x).shape
             self.scatters_ = np.zeros((0, blocks, d, d))
+            self.surface_scatters_ = np.zeros((0, self._nsurf, self._nsurf))
             self.ratios_ = np.zeros(0)
         if x.shape[1] != self.means_.shape[1]:
             raise DataError(f"task {task!r}: features have {x.shape[1]} dimensions, the router has {self.means_.shape[1]}; "
@@ -200,7 +267,7 @@ class Router:
         if len(yy) != len(x):
             raise DataError(f"task {task!r}: {len(x)} feature rows but {len(yy)} labels")
         classes = sorted(set(yy.tolist()), key=str)
-        counts, means, scatter = self._class_stats(x, yy, classes)
+        counts, means, (scatter, s_scatter) = self._class_stats(x, yy, classes)
         # other versions of the same task are never served beside this one (and often hold the same
         # rows): leave them out of the "other tasks" the calibration pools, or it is not held out
         siblings = [i for i, t in enumerate(self.tasks_) if split_entry(t)[0] == split_entry(task)[0]]
@@ -211,31 +278,46 @@ class Router:
         self.counts_ = np.concatenate([self.counts_, counts])
         self.means_ = np.vstack([self.means_, means])
         self.scatters_ = np.concatenate([self.scatters_, scatter[None]])
+        self.surface_scatters_ = np.concatenate([self.surface_scatters_, s_scatter[None]])
         self.ratios_ = np.append(self.ratios_, ratio)
         self._cache = None
         return self
 
+    @property
+    def _nsurf(self) -> int:
+        return SURFACE_DIMS if self.surface else 0
+
     def _blocks(self, x: np.ndarray) -> np.ndarray:
-        """[rows, dims] -> [rows, blocks, dims per block] (one block per layer)."""
+        """[rows, dims] -> [rows, blocks, dims per block] (one block per layer; the surface block,
+        the last ``SURFACE_DIMS`` columns when used, is left out: :meth:`_surface_part`)."""
         b = len(self.feature_layers)
-        if x.shape[-1] % b:
-            raise DataError(f"features have {x.shape[-1]} dimensions, not a multiple of the router's {b} layers "
-                            f"{list(self.feature_layers)}; compute them with Router.features()")
+        x = x[..., : x.shape[-1] - self._nsurf]
+        if x.shape[-1] % b or x.shape[-1] == 0:
+            raise DataError(f"features have {x.shape[-1] + self._nsurf} dimensions, not what the router's {b} layers "
+                            f"{list(self.feature_layers)}{' plus its text-surface block' if self._nsurf else ''} "
+                            "give (not a multiple of the layer count); compute them with Router.features()")
         return x.reshape(*x.shape[:-1], b, x.shape[-1] // b)
 
-    def _class_stats(self, x: np.ndarray, yy: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(count per class, mean per class, within-class scatter per block [blocks, d, d])."""
+    def _surface_part(self, x: np.ndarray) -> np.ndarray:
+        return x[..., x.shape[-1] - self._nsurf:]
+
+    def _class_stats(self, x: np.ndarray, yy: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """(count per class, mean per class, within-class scatters: per layer block [blocks, d, d]
+        and of the surface block [s, s])."""
         counts, means = [], []
         xb = self._blocks(x)
         scatter = np.zeros((xb.shape[1], xb.shape[2], xb.shape[2]))
+        s_scatter = np.zeros((self._nsurf, self._nsurf))
         for c in classes:
             sel = yy == c
             m = x[sel].mean(0)
             d = self._blocks(x[sel] - m).transpose(1, 0, 2)  # [blocks, rows, d]
             scatter += d.transpose(0, 2, 1) @ d  # batched BLAS; einsum here was ~50x slower
+            ds = self._surface_part(x[sel] - m)
+            s_scatter += ds.T @ ds
             means.append(m)
             counts.append(int(sel.sum()))
-        return np.asarray(counts, dtype=np.int64), np.asarray(means), scatter
+        return np.asarray(counts, dtype=np.int64), np.asarray(means), (scatter, s_scatter)
 
     def _held_out_ratio(self, x: np.ndarray, yy: np.ndarray, classes: list, exclude: list[int] = ()) -> float:
         """``quantile`` over mean of the task's cross-fitted held-out distances (a shape factor).
@@ -250,7 +332,7 @@ class Router:
         cls_task = [self.tasks_.index(t) for t in self.class_tasks_]
         kept_cls = np.array([t in keep for t in cls_task], dtype=bool)
         n_other = int(self.counts_[kept_cls].sum()) - int(kept_cls.sum())
-        other = self.scatters_[keep].sum(0) if keep else np.zeros(self.scatters_.shape[1:])  # zeros for the first
+        other = (self.scatters_[keep].sum(0), self.surface_scatters_[keep].sum(0))  # zeros for the first task
         k = min(int(self.folds), len(x))
         fold = np.random.default_rng(0).permutation(len(x)) % k
         held = np.empty(len(x))
@@ -259,35 +341,46 @@ class Router:
             cls = [c for c in classes if (yy[tr] == c).any()]
             _, means, s_f = self._class_stats(x[tr], yy[tr], cls)
             dof_f = n_other + int(tr.sum()) - len(cls)
-            w_f, _ = self._whiteners((other + s_f) / max(dof_f, 1), dof_f)
+            w_f, _ = self._whiteners(tuple((o + s) / max(dof_f, 1) for o, s in zip(other, s_f)), dof_f)
             held[te] = self._d2(x[te], w_f, means).min(1)
         mean = float(held.mean())
         return float(np.quantile(held, self.quantile)) / mean if mean > 0 else 1.0
 
-    def _whiteners(self, cov: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-        """Per block W with W Wᵀ = inverse of the shrunk covariance [blocks, d, d], and the mean shrinkage."""
+    def _whiteners(self, covs: tuple, n: int) -> tuple[list[np.ndarray], list[float]]:
+        """Per block W with W Wᵀ = inverse of the shrunk covariance, and its shrinkage: the layer
+        blocks' (``covs[0]``, [blocks, d, d]), then the surface block's (``covs[1]``, [s, s]) if used."""
+        blocks = list(covs[0]) + ([covs[1]] if self._nsurf else [])
         if n < 1:
-            return np.broadcast_to(np.eye(cov.shape[-1]), cov.shape).copy(), 1.0
+            return [np.eye(len(c)) for c in blocks], [1.0] * len(blocks)
         out, shrinks = [], []
-        for c in cov:
+        for k, c in enumerate(blocks):
             if self.shrinkage == "oas":
                 c, s = _oas(c, n)
             else:
                 s = float(self.shrinkage)
                 c = (1 - s) * c + s * (np.trace(c) / len(c)) * np.eye(len(c))
+            if k == len(self.feature_layers):  # the surface block
+                c = c + _SURFACE_FLOOR * np.eye(len(c))
             vals, vecs = np.linalg.eigh(c)
             vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
             out.append(vecs / np.sqrt(vals))
             shrinks.append(s)
-        return np.stack(out), float(np.mean(shrinks))
+        return out, shrinks
 
-    def _d2(self, x: np.ndarray, w: np.ndarray, means: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each row to each mean, summed over blocks [rows, means]."""
+    def _block_weights(self) -> list[float]:
+        return [1.0] * len(self.feature_layers) + ([float(self.surface)] if self._nsurf else [])
+
+    def _d2(self, x: np.ndarray, w: list[np.ndarray], means: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each mean, summed over blocks (the surface
+        block's times ``surface``) [rows, means]."""
         xb, mb = self._blocks(x), self._blocks(means)
+        parts = [(xb[:, b], mb[:, b]) for b in range(xb.shape[1])]
+        if self._nsurf:
+            parts.append((self._surface_part(x), self._surface_part(means)))
         d2 = np.zeros((len(x), len(means)))
-        for b in range(w.shape[0]):
-            z, mz = xb[:, b] @ w[b], mb[:, b] @ w[b]
-            d2 += (z ** 2).sum(1)[:, None] - 2 * z @ mz.T + (mz ** 2).sum(1)[None]
+        for (xp, mp), wb, weight in zip(parts, w, self._block_weights()):
+            z, mz = xp @ wb, mp @ wb
+            d2 += weight * ((z ** 2).sum(1)[:, None] - 2 * z @ mz.T + (mz ** 2).sum(1)[None])
         return np.maximum(d2, 0.0)
 
     def _prep(self, features: Any) -> np.ndarray:
@@ -296,9 +389,18 @@ class Router:
             raise DataError(f"features must be a 2-D array (rows x dims), got shape {x.shape}")
         if not np.isfinite(x).all():
             raise DataError("features contain NaN or inf")
-        if self.normalize:
+        if self._nsurf and x.shape[1] > self._nsurf:
+            sf = self._surface_part(x)
+            lo = math.log(_SURFACE_EPS) - 1e-6
+            if not (np.isin(sf[:, 7:], (0.0, 1.0)).all() and (sf[:, :7] >= np.r_[0.0, [lo] * 6]).all()
+                    and (sf[:, 1:7] <= math.log(1 + _SURFACE_EPS) + 1e-6).all()):
+                raise DataError("features do not end with the router's text-surface block: compute them with "
+                                "Router.features(base, texts) or Router.with_surface(x, texts), or build "
+                                "Router(surface=0) for features of your own")
+        if self.normalize:  # the layer blocks only: the surface block is on its own scale
             xb = self._blocks(x)
-            x = (xb / np.clip(np.linalg.norm(xb, axis=-1, keepdims=True), 1e-12, None)).reshape(x.shape)
+            xb = xb / np.clip(np.linalg.norm(xb, axis=-1, keepdims=True), 1e-12, None)
+            x = np.concatenate([xb.reshape(len(x), xb.shape[1] * xb.shape[2]), self._surface_part(x)], 1)
         return x
 
     def _check_fitted(self) -> None:
@@ -322,20 +424,22 @@ class Router:
             sel = np.isin(cls_task, idx)
             n = int(self.counts_[sel].sum())
             dof = n - int(sel.sum())
-            w, shrink = self._whiteners(self.scatters_[list(idx)].sum(0) / max(dof, 1), dof)
-            c = (1.0 - shrink) / max(dof, 1)
+            w, shrinks = self._whiteners((self.scatters_[list(idx)].sum(0) / max(dof, 1),
+                                          self.surface_scatters_[list(idx)].sum(0) / max(dof, 1)), dof)
             q = np.empty(len(idx))
             for j, i in enumerate(idx):
                 counts = self.counts_[cls_task == i]
                 n_c = max(float(counts.mean()), 2.0)
                 held = 0.0
-                for wb, sb in zip(w, self.scatters_[i]):
+                own = list(self.scatters_[i]) + ([self.surface_scatters_[i]] if self._nsurf else [])
+                for wb, sb, shrink, weight in zip(w, own, shrinks, self._block_weights()):
                     # mean in-sample d² of the task's rows to their class mean = trace(Wᵀ S_t W) / n_t.
                     # Leaving a row out of the covariance is a rank-one downdate, (1 - s) v vᵀ / dof, so
                     # by Sherman-Morrison its held-out distance is d² / (1 - c d²), c = (1 - s) / dof;
                     # leaving it out of its class mean scales d² by (n_c / (n_c - 1))².
+                    c = (1.0 - shrink) / max(dof, 1)
                     d_in = float(np.sum(wb * (sb @ wb))) / int(counts.sum())
-                    held += d_in / max(1.0 - c * d_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
+                    held += weight * d_in / max(1.0 - c * d_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
                 q[j] = self.ratios_[i] * held
             self._cache[idx] = (w, np.maximum(q, 1e-12), cls_task)
         return self._cache[idx][:2]
@@ -411,8 +515,10 @@ class Router:
         self._check_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file({"counts": self.counts_, "means": self.means_, "scatters": self.scatters_, "ratios": self.ratios_},
-                  str(d / ROUTER_FILE))
+        arrays = {"counts": self.counts_, "means": self.means_, "scatters": self.scatters_, "ratios": self.ratios_}
+        if self._nsurf:
+            arrays["surface_scatters"] = self.surface_scatters_
+        save_file(arrays, str(d / ROUTER_FILE))
         from .._util import sha256_file
 
         dump_json({"schema_version": ROUTER_SCHEMA, "params": self.get_params(), "tasks": self.tasks_,
@@ -435,9 +541,11 @@ class Router:
                                  f"schema {ROUTER_SCHEMA}; rebuild it with `adaptreg route add TASK... --rebuild`")
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
-        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds", "truncation"}
-        # routers saved before `truncation` existed read the head of each text
-        router = cls(**{"truncation": "head", **{k: v for k, v in meta["params"].items() if k in known}})
+        known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds", "truncation",
+                 "surface"}
+        # routers saved before `truncation` / `surface` existed read the head of each text, no surface block
+        router = cls(**{"truncation": "head", "surface": 0.0,
+                        **{k: v for k, v in meta["params"].items() if k in known}})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
         router.class_tasks_ = list(meta["class_tasks"])
@@ -445,6 +553,10 @@ class Router:
         router.counts_ = arrays["counts"].astype(np.int64)
         router.means_ = arrays["means"]
         router.scatters_ = arrays["scatters"]
+        n_s = router._nsurf
+        if n_s and "surface_scatters" not in arrays:
+            raise IntegrityError(f"{d / ROUTER_FILE} has no surface_scatters array but its router uses a surface block")
+        router.surface_scatters_ = arrays.get("surface_scatters", np.zeros((len(router.tasks_), n_s, n_s)))
         router.ratios_ = arrays["ratios"]
         router._cache = None
         return router

@@ -184,14 +184,11 @@ def add_task_to_registry_router(registry: Any, task: str, base: Any, *, version:
         got = featurizer(r) if featurizer is not None else None
         return got if got is not None else task_features(reg, task, base, r, "train", version=version, data=data)
 
-    def key(r: Router) -> tuple:
-        return r.max_length, r.feature_layers, r.truncation
-
     first = new_router if new_router is not None else (load_router(reg) or Router())
     x, y = featurize(first)
     with reg.locked():
         current = new_router if new_router is not None else (load_router(reg) or Router())
-        if key(current) != key(first):
+        if current.feature_key() != first.feature_key():
             x, y = featurize(current)  # rebuilt meanwhile
         if threshold is not None:
             current.threshold = threshold

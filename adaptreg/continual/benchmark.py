@@ -523,7 +523,7 @@ class ContinualBenchmark:
         # Closed world: every test row belongs to a known task, so the router never abstains here.
         if self.scenario.kind == "text":
             return Router(threshold=math.inf)  # its own features: default length and layers, as `adaptreg predict`
-        return Router(threshold=math.inf, layers=(-1,))  # images: the pooled CNN features below
+        return Router(threshold=math.inf, layers=(-1,), surface=0)  # images: the pooled CNN features, no text
 
     def _router_features(self, router: Any, i: int, split: str) -> np.ndarray:
         """Routing features of task i's split: the router's own for text, the pooled CNN features for images."""
