@@ -47,7 +47,7 @@ def main() -> None:
     tds = {s: load_task(s, max_per_class=args.max_per_class) for s in specs + ten}
     lb = load_base(args.base)
     kw = {} if args.surface is None else {"surface": args.surface}
-    probe = Router(**({"surface": 1.0} if args.surface == 0 else kw))  # features with the block; weight 0 drops it
+    probe = Router(surface=1.0)  # features with the surface block (any weight > 0 computes it); weight 0 drops it
     texts = sorted({t for td in tds.values() for part in (td.train, td.test) for t in part.texts})
     t0 = time.perf_counter()
     feats = probe.features(lb, texts)

@@ -301,6 +301,10 @@ class Router:
     def _surface_part(self, x: np.ndarray) -> np.ndarray:
         return x[..., x.shape[-1] - self._nsurf:]
 
+    def _per_block(self, layer_items: Any, surface_item: Any) -> list:
+        """One item per distance block, in order: the layer blocks', then the surface block's if used."""
+        return list(layer_items) + ([surface_item] if self._nsurf else [])
+
     def _class_stats(self, x: np.ndarray, yy: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, tuple]:
         """(count per class, mean per class, within-class scatters: per layer block [blocks, d, d]
         and of the surface block [s, s])."""
@@ -349,7 +353,7 @@ class Router:
     def _whiteners(self, covs: tuple, n: int) -> tuple[list[np.ndarray], list[float]]:
         """Per block W with W Wᵀ = inverse of the shrunk covariance, and its shrinkage: the layer
         blocks' (``covs[0]``, [blocks, d, d]), then the surface block's (``covs[1]``, [s, s]) if used."""
-        blocks = list(covs[0]) + ([covs[1]] if self._nsurf else [])
+        blocks = self._per_block(covs[0], covs[1])
         if n < 1:
             return [np.eye(len(c)) for c in blocks], [1.0] * len(blocks)
         out, shrinks = [], []
@@ -368,15 +372,14 @@ class Router:
         return out, shrinks
 
     def _block_weights(self) -> list[float]:
-        return [1.0] * len(self.feature_layers) + ([float(self.surface)] if self._nsurf else [])
+        return self._per_block([1.0] * len(self.feature_layers), float(self.surface))
 
     def _d2(self, x: np.ndarray, w: list[np.ndarray], means: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each row to each mean, summed over blocks (the surface
         block's times ``surface``) [rows, means]."""
         xb, mb = self._blocks(x), self._blocks(means)
-        parts = [(xb[:, b], mb[:, b]) for b in range(xb.shape[1])]
-        if self._nsurf:
-            parts.append((self._surface_part(x), self._surface_part(means)))
+        parts = self._per_block([(xb[:, b], mb[:, b]) for b in range(xb.shape[1])],
+                                (self._surface_part(x), self._surface_part(means)))
         d2 = np.zeros((len(x), len(means)))
         for (xp, mp), wb, weight in zip(parts, w, self._block_weights()):
             z, mz = xp @ wb, mp @ wb
@@ -431,7 +434,7 @@ class Router:
                 counts = self.counts_[cls_task == i]
                 n_c = max(float(counts.mean()), 2.0)
                 held = 0.0
-                own = list(self.scatters_[i]) + ([self.surface_scatters_[i]] if self._nsurf else [])
+                own = self._per_block(self.scatters_[i], self.surface_scatters_[i])
                 for wb, sb, shrink, weight in zip(w, own, shrinks, self._block_weights()):
                     # mean in-sample d² of the task's rows to their class mean = trace(Wᵀ S_t W) / n_t.
                     # Leaving a row out of the covariance is a rank-one downdate, (1 - s) v vᵀ / dof, so
