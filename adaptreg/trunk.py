@@ -187,6 +187,114 @@ def branch_forward(model: Any, hidden: Any, mask: Any, split: int, upto: int | N
     return run_layers(model, hidden, mask, list(layers)[split:upto])
 
 
+# --------------------------------------------------------------------------- packed passes
+
+class Packing:
+    """Rows of different lengths stored back to back, ``[tokens, hidden]``, instead of padded.
+
+    Every part of a BERT layer but attention works token by token, so a packed pass spends no
+    time on padding in the linear layers (most of the cost); attention alone pads, to the
+    longest row of the batch, and masks. Built from the rows' token counts.
+    """
+
+    def __init__(self, lengths: Sequence[int]):
+        import torch
+
+        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        if len(self.lengths) == 0 or int(self.lengths.min()) < 1:
+            raise ValueError("Packing needs at least one row, each of at least one token")
+        self.offsets = torch.zeros(len(self.lengths) + 1, dtype=torch.long)
+        self.offsets[1:] = torch.cumsum(self.lengths, 0)
+        self.n, self.width = len(self.lengths), int(self.lengths.max())
+        self.rows = torch.repeat_interleave(torch.arange(self.n), self.lengths)
+        self.pos = torch.arange(int(self.offsets[-1])) - self.offsets[self.rows]
+        self.key_mask = torch.arange(self.width)[None] < self.lengths[:, None]  # [rows, width], True = token
+
+    def pad(self, x: Any) -> Any:
+        """``[tokens, ...]`` -> ``[rows, width, ...]`` (zeros after each row's end)."""
+        out = x.new_zeros((self.n, self.width, *x.shape[1:]))
+        out[self.rows, self.pos] = x
+        return out
+
+    def unpad(self, x: Any) -> Any:
+        """``[rows, width, ...]`` -> ``[tokens, ...]``."""
+        return x[self.rows, self.pos]
+
+    def mean(self, x: Any) -> Any:
+        """Mean over each row's tokens, ``[rows, hidden]`` (mean pooling without padding)."""
+        out = x.new_zeros((self.n, x.shape[-1])).index_add_(0, self.rows, x)
+        return out / self.lengths[:, None].to(x.dtype)
+
+    def split(self, x: Any) -> list[Any]:
+        """One ``[length, ...]`` view per row."""
+        return list(x.split(self.lengths.tolist()))
+
+
+def packable(model: Any) -> bool:
+    """Whether :func:`packed_layer` reproduces this base's layers: BERT with absolute positions,
+    transformers' or :mod:`adaptreg.fastbert`'s modules (the same names)."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "model_type", None) != "bert" or getattr(cfg, "position_embedding_type", "absolute") != "absolute" \
+            or getattr(cfg, "is_decoder", False):
+        return False
+    try:
+        emb, layers = layer_stack(model)
+    except ConfigError:
+        return False
+    need = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+    if not all(hasattr(emb, a) for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")):
+        return False
+    for layer in layers:
+        try:
+            for name in need:
+                layer.get_submodule(name)
+        except AttributeError:
+            return False
+        inter = layer.intermediate
+        if getattr(inter, "intermediate_act_fn", None) is None and getattr(inter, "act", None) is None:
+            return False
+    return True
+
+
+def packed_embed(model: Any, ids: Sequence[Sequence[int]], pk: Packing) -> Any:
+    """The embeddings' output of rows of token ids, packed (token type 0, absolute positions)."""
+    import torch
+
+    emb = model.embeddings
+    flat = torch.as_tensor([t for row in ids for t in row], dtype=torch.long)
+    h = emb.word_embeddings(flat) + emb.position_embeddings(pk.pos) + emb.token_type_embeddings.weight[0]
+    return emb.LayerNorm(h)
+
+
+def packed_layer(layer: Any, h: Any, pk: Packing, heads: int, linear: Any = None) -> Any:
+    """One BERT layer (eval) on packed states ``[tokens, hidden]``: what the layer computes on the
+    padded batch, at the rows' tokens, without the padding's work outside attention.
+
+    ``linear(name, module, x)``, when given, computes each linear module's output (``name`` as in
+    ``layer.get_submodule``, e.g. ``attention.self.query``): a hook for per-row adapter updates.
+    """
+    import torch
+
+    def lin(name: str, x: Any) -> Any:
+        module = layer.get_submodule(name)
+        return module(x) if linear is None else linear(name, module, x)
+
+    width = h.shape[-1]
+
+    def split_heads(x: Any) -> Any:
+        return pk.pad(x).view(pk.n, pk.width, heads, width // heads).transpose(1, 2)
+
+    a = torch.nn.functional.scaled_dot_product_attention(
+        split_heads(lin("attention.self.query", h)), split_heads(lin("attention.self.key", h)),
+        split_heads(lin("attention.self.value", h)), attn_mask=pk.key_mask[:, None, None, :])
+    a = pk.unpad(a.transpose(1, 2).reshape(pk.n, pk.width, width))
+    a = layer.attention.output.LayerNorm(lin("attention.output.dense", a) + h)
+    inter = layer.intermediate
+    act = getattr(inter, "intermediate_act_fn", None) or inter.act
+    return layer.output.LayerNorm(lin("output.dense", act(lin("intermediate.dense", a))) + a)
+
+
 # --------------------------------------------------------------------------- cache
 
 class TrunkCache:

@@ -1,5 +1,6 @@
-"""The predictor folds each adapter into a private copy of its layers: the same function as PEFT's
-own forward, and a saved adapter still loads in plain PEFT with the predictor's outputs."""
+"""The predictor runs each adapter as a low-rank update beside the frozen layers (LoRA) or folded
+into a private copy of its layers (DoRA): the same function as PEFT's own forward, and a saved
+adapter still loads in plain PEFT with the predictor's outputs."""
 
 from __future__ import annotations
 

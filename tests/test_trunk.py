@@ -12,8 +12,8 @@ import torch
 
 from adaptreg.base import encode, load_base, mean_pool
 from adaptreg.config import LoraSettings, TrainSettings
-from adaptreg.trunk import (TrunkCache, auto_max_length, branch_forward, length_batches, pad, split_point, tokenize,
-                            trunk_forward)
+from adaptreg.trunk import (Packing, TrunkCache, auto_max_length, branch_forward, length_batches, packable, packed_embed,
+                            packed_layer, pad, split_point, tokenize, trunk_forward)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,28 @@ def test_trunk_then_branch_equals_the_whole_model(base):
         for split in range(0, base.model.config.num_hidden_layers + 1):
             out = branch_forward(base.model, trunk_forward(base.model, x, m, split), m, split)
             assert torch.allclose(mean_pool(out, m), mean_pool(full, m), atol=1e-5), split
+
+
+def test_packed_layers_equal_the_padded_batch(base, tmp_path):
+    """Rows back to back without padding, through transformers' BERT layers and adaptreg.fastbert's,
+    give each row's states of the padded batch; Packing.mean is mean pooling."""
+    from adaptreg import fastbert
+
+    ids = tokenize(base.tokenizer, TEXTS, 32)
+    x, m = pad(ids, base.tokenizer.pad_token_id)
+    pk = Packing([len(r) for r in ids])
+    fast = fastbert.build(base.model.config.to_dict(), base.model.state_dict())
+    for model in (base.model, fast):
+        assert packable(model)
+        with torch.no_grad():
+            want = model(input_ids=x, attention_mask=m).last_hidden_state
+            h = packed_embed(model, ids, pk)
+            for layer in model.encoder.layer:
+                h = packed_layer(layer, h, pk, model.config.num_attention_heads)
+        for r, row in enumerate(pk.split(h)):
+            assert torch.allclose(row, want[r, : len(ids[r])], atol=1e-5)
+        assert torch.allclose(pk.mean(h), mean_pool(want, m), atol=1e-5)
+        assert torch.equal(pk.unpad(pk.pad(h)), h)
 
 
 def test_cache_rows_match_unpadded_forward_and_spill_to_disk(base):

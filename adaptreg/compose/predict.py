@@ -4,12 +4,16 @@ The frozen trunk (embeddings + the layers below every loaded adapter, :mod:`adap
 once per row. Routing reads its features from that same pass (the router's layers lie inside the
 trunk), so a mixed-task batch costs one trunk pass, the routing maths, and one branch pass per row.
 
-A task's *branch* is a private copy of the layers its adapter touches, with the LoRA update folded
-into the weights (``W + s * B @ A``; DoRA's magnitude rescaling too). That is the same function as
-PEFT's unmerged forward up to float rounding (a test compares them), costs no PEFT import at
-prediction time, and is built lazily, the first time a row is sent to the task. Tasks whose
-linear probe won at onboarding (``selection.chosen == "probe"``) have no branch copy: they run
-the frozen base's own layers and their probe head.
+A task's *branch* is its LoRA update on the layers above the trunk. On a BERT base every pass
+runs packed (rows back to back, no padding outside attention: :class:`adaptreg.trunk.Packing`),
+and the branch layers run once for the rows of all tasks, each task adding ``s * (x A^T) B^T`` on
+its own rows (PEFT's mixed-adapter forward, without PEFT). DoRA adapters and other bases get a
+private copy of the layers the adapter touches with the update folded into the weights
+(``W + s * B @ A``; DoRA's magnitude rescaling too). Both are the same function as PEFT's unmerged
+forward up to float rounding (tests compare them), cost no PEFT import at prediction time, and are
+built lazily, the first time a row is sent to the task. Tasks whose linear probe won at
+onboarding (``selection.chosen == "probe"``) have no branch: they run the frozen base's own layers
+and their probe head.
 
 Rows whose task reads a different tokenization than the routing pass (another length or
 truncation, and a text long enough for it to matter) get their trunk recomputed at the task's own
@@ -31,7 +35,8 @@ from typing import Any, MutableMapping, Sequence
 from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool
 from ..errors import ConfigError, IntegrityError, NotFoundError
-from ..trunk import frozen_states, layer_stack, length_batches, pad, pooled, run_layers, tokenize
+from ..trunk import (Packing, frozen_states, layer_stack, length_batches, packable, packed_embed, packed_layer, pad, pooled,
+                     run_layers, tokenize)
 from .router import UNKNOWN, Router, served_entries
 
 logger = logging.getLogger(__name__)
@@ -106,6 +111,19 @@ def fold_lora(module: Any, parts: dict[str, Any]) -> None:
         w.copy_(merged.to(w.dtype))
 
 
+def _low_rank(updates: dict[str, list[tuple]]) -> Any:
+    """A :func:`~adaptreg.trunk.packed_layer` linear hook: a module's frozen output plus, on each
+    span of packed tokens, ``scale * x A^T B^T`` (``updates``: module -> [(start, end, A^T, B^T, scale)])."""
+
+    def linear(name: str, module: Any, x: Any) -> Any:
+        y = module(x)
+        for lo, hi, a, b, scale in updates.get(name, ()):
+            y[lo:hi] += (x[lo:hi] @ a) @ b * scale
+        return y
+
+    return linear
+
+
 class Predictor:
     """Serve several task adapters on one base, with or without a task id per text.
 
@@ -164,6 +182,9 @@ class Predictor:
         _, layers = layer_stack(base.model)
         self._layers = list(layers)
         n = len(self._layers)
+        # BERT layers run packed (no work on padding outside attention); other bases run padded batches
+        self._packed = packable(base.model)
+        self._heads = int(getattr(base.model.config, "num_attention_heads", 0) or 0)
         self._entries: dict[str, _TaskEntry] = {}
         for task, path in paths.items():
             manifest = artifact.verify(path)
@@ -186,8 +207,16 @@ class Predictor:
     def tasks(self) -> list[str]:
         return list(self._entries)
 
-    def _branch(self, e: _TaskEntry) -> list[Any]:
-        """The task's layers ``split ..``: frozen originals, or a private copy with its LoRA folded in (built once)."""
+    def _branch(self, e: _TaskEntry) -> list[Any] | dict[int, dict[str, tuple]]:
+        """The task's branch, built once per adapter directory and split:
+
+        * on a base that runs packed (:func:`~adaptreg.trunk.packable`) and a LoRA adapter, its
+          low-rank updates ``{layer index: {module: (A, B, scale)}}``, applied beside the frozen
+          layers' own output (:meth:`_branch_mixed`: every task's rows share each layer's matrix product);
+        * otherwise (DoRA, whose update cannot be added on the side; another base) the layers
+          ``split ..`` with the update folded into private copies;
+        * the frozen layers themselves for a task served by its probe.
+        """
         if e.identity:
             return self._layers[self.split:]
         key = (str(Path(e.path).resolve()), self.split)  # a merged artifact serving several tasks is folded once
@@ -195,16 +224,26 @@ class Predictor:
         if branch is None:
             deltas = _lora_deltas(e.path)
             prefix = "encoder.layer."
-            branch = [copy.deepcopy(layer) if i in e.layers else layer for i, layer in enumerate(self._layers)][self.split:]
+            parsed = []
             for name, parts in deltas.items():
                 if not name.startswith(prefix):
                     raise IntegrityError(f"{e.path}: adapter touches {name!r}, outside the encoder layers")
                 idx, _, sub = name[len(prefix):].partition(".")
                 if int(idx) < self.split:
                     raise IntegrityError(f"{e.path}: adapter touches layer {idx} but its config says layers {e.layers}")
-                fold_lora(branch[int(idx) - self.split].get_submodule(sub), parts)
-            for layer in branch:
-                layer.eval()
+                self._layers[int(idx)].get_submodule(sub)  # a module the layer lacks is an error either way
+                parsed.append((int(idx), sub, parts))
+            if self._packed and not any("magnitude" in parts for _, _, parts in parsed):
+                branch = {}
+                for idx, sub, parts in parsed:
+                    branch.setdefault(idx, {})[sub] = (parts["A"].float().T.contiguous(), parts["B"].float().T.contiguous(),
+                                                       float(parts["scale"]))
+            else:
+                branch = [copy.deepcopy(layer) if i in e.layers else layer for i, layer in enumerate(self._layers)][self.split:]
+                for idx, sub, parts in parsed:
+                    fold_lora(branch[idx - self.split].get_submodule(sub), parts)
+                for layer in branch:
+                    layer.eval()
             self._branches[key] = branch
         return branch
 
@@ -219,6 +258,18 @@ class Predictor:
         pad_id = self.base.tokenizer.pad_token_id or 0
         with torch.inference_mode():
             for idx in length_batches([len(x) for x in ids], batch_size):
+                if self._packed:
+                    pk = Packing([len(ids[i]) for i in idx])
+                    h = packed_embed(self.base.model, [ids[i] for i in idx], pk)
+                    seen = {0: h}
+                    for k in range(max([self.split, *collect])):
+                        h = packed_layer(self._layers[k], h, pk, self._heads)
+                        seen[k + 1] = h
+                    for i, st in zip(idx, pk.split(seen[self.split])):
+                        states[i] = st
+                    if collect:
+                        feats[idx] = torch.cat([pk.mean(seen[c]).float() for c in collect], -1)
+                    continue
                 input_ids, mask = pad([ids[i] for i in idx], pad_id)
                 seen = frozen_states(self.base.model, input_ids, mask, self.split, collect)
                 for r, i in enumerate(idx):
@@ -234,6 +285,13 @@ class Predictor:
         out = torch.zeros((len(states), self.base.hidden_size))
         with torch.inference_mode():
             for idx in length_batches([s.shape[0] for s in states], batch_size):
+                if self._packed:
+                    pk = Packing([states[i].shape[0] for i in idx])
+                    h = torch.cat([states[i] for i in idx])
+                    for layer in branch:
+                        h = packed_layer(layer, h, pk, self._heads)
+                    out[idx] = pk.mean(h).float()
+                    continue
                 width = max(states[i].shape[0] for i in idx)
                 h = torch.zeros((len(idx), width, self.base.hidden_size))
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -241,6 +299,37 @@ class Predictor:
                     h[r, : states[i].shape[0]] = states[i]
                     mask[r, : states[i].shape[0]] = 1
                 out[idx] = mean_pool(run_layers(self.base.model, h, mask, branch), mask).float()
+        return out
+
+    def _branch_mixed(self, groups: list[tuple[list[int], dict[int, dict[str, tuple]] | None]], states: list[Any],
+                      batch_size: int) -> Any:
+        """Mean-pooled last-layer states of rows of several tasks in one packed pass of the frozen
+        branch layers, each row's task adding its low-rank update on its own rows (what PEFT does
+        for a mixed-adapter batch). ``groups``: (rows, low-rank updates or None for the frozen
+        layers) per task. Rows of all tasks share every matrix product, so a call of a few rows
+        per task costs about what a call of one task does. Returns ``[rows, hidden]`` in the
+        order of the rows of ``groups``, concatenated."""
+        torch = self._torch
+        rows = [i for r, _ in groups for i in r]
+        owner = [g for g, (r, _) in enumerate(groups) for _ in r]
+        lengths = [states[i].shape[0] for i in rows]
+        out = torch.zeros((len(rows), self.base.hidden_size))
+        with torch.inference_mode():
+            for idx in length_batches(lengths, batch_size):
+                idx = sorted(idx, key=lambda j: owner[j])  # each task's tokens contiguous
+                pk = Packing([lengths[j] for j in idx])
+                h = torch.cat([states[rows[j]] for j in idx])
+                spans: dict[int, tuple[int, int]] = {}
+                for r, j in enumerate(idx):
+                    lo, hi = int(pk.offsets[r]), int(pk.offsets[r + 1])
+                    spans[owner[j]] = (spans.get(owner[j], (lo, hi))[0], hi)
+                for k in range(self.split, len(self._layers)):
+                    updates: dict[str, list[tuple]] = {}
+                    for g, (lo, hi) in spans.items():
+                        for sub, (a, b, scale) in ((groups[g][1] or {}).get(k) or {}).items():
+                            updates.setdefault(sub, []).append((lo, hi, a, b, scale))
+                    h = packed_layer(self._layers[k], h, pk, self._heads, _low_rank(updates) if updates else None)
+                out[idx] = pk.mean(h).float()
         return out
 
     def _router_layers(self) -> list[int]:
@@ -340,15 +429,28 @@ class Predictor:
             fresh, _ = self._trunk([own_ids[i] for i in redo], batch_size)
             for i, st in zip(redo, fresh):
                 states[i] = st
+        served: list[tuple[_TaskEntry, list[int], Any]] = []  # (task, its rows, their pooled branch states)
+        mixed: list[tuple[_TaskEntry, list[int], Any]] = []  # tasks that share one packed branch pass
         for name, e in self._entries.items():
             rows = [i for i, t in enumerate(tasks) if t == name]
             if not rows:
                 continue
-            pooled = self._branch_pooled(e, [states[i] for i in rows], batch_size)
+            branch = self._branch(e)
+            if self._packed and (e.identity or isinstance(branch, dict)):
+                mixed.append((e, rows, None if e.identity else branch))
+            else:
+                served.append((e, rows, self._branch_pooled(e, [states[i] for i in rows], batch_size)))
+        if mixed:
+            pooled = self._branch_mixed([(rows, br) for _, rows, br in mixed], states, batch_size)
+            start = 0
+            for e, rows, _ in mixed:
+                served.append((e, rows, pooled[start : start + len(rows)]))
+                start += len(rows)
+        for e, rows, pooled in served:
             prob = torch.softmax(pooled @ e.head_w.T + e.head_b, -1)
             conf, idx = prob.max(-1)
             for i, c, j in zip(rows, conf.tolist(), idx.tolist()):
-                out[i].update(task=name, label=e.labels[j], confidence=float(c))
+                out[i].update(task=e.task, label=e.labels[j], confidence=float(c))
         t2 = time.perf_counter()
         timing["route_s"] += t1 - t0
         timing["adapter_s"] += t2 - t1

@@ -3,7 +3,7 @@
 Modules, one idea each:
 
 * :mod:`.settings`  -- :class:`ServeSettings`, every knob with its help text (the CLI's options come from it)
-* :mod:`.cache`     -- :class:`BranchCache`, the bounded LRU of folded adapter branches
+* :mod:`.cache`     -- :class:`BranchCache`, the bounded LRU of adapter branches
 * :mod:`.snapshot`  -- immutable snapshots (a Predictor + the versions it serves) and the watcher that swaps them
 * :mod:`.batcher`   -- the asyncio micro-batcher in front of the one inference thread
 * :mod:`.metrics`   -- counters and histograms in Prometheus' text format

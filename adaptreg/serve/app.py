@@ -106,6 +106,40 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{loc}: {err.get('msg')}{more}"
 
 
+class _CountAndLimit:
+    """ASGI middleware: refuse a body over the limit (413) before it is read, and count every
+    response by endpoint and status. Plain ASGI rather than ``@app.middleware("http")``, whose
+    per-request task and streams cost more than the rest of a small request's HTTP handling."""
+
+    def __init__(self, app: Any, metrics: ServeMetrics, max_body: int, max_body_mb: float):
+        self.app, self.metrics, self.max_body, self.max_body_mb = app, metrics, max_body, max_body_mb
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in _ENDPOINTS else "other"
+        size = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
+        if size.isdigit() and int(size) > self.max_body:
+            response = _error(413, f"the request body has {int(size)} bytes, more than the limit of "
+                                   f"{self.max_body_mb:g} MB (--max-body-mb); send fewer texts per request")
+            self.metrics.requests.inc(endpoint, "413")
+            await response(scope, receive, send)
+            return
+        status = ["500"]
+
+        async def counted_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted_send)
+        finally:
+            self.metrics.requests.inc(endpoint, status[0])
+
+
 def create_app(settings: ServeSettings | None = None, *, registry: Any = None, base: Any = None,
                manager: SnapshotManager | None = None) -> FastAPI:
     """The app serving ``settings.registry``'s tasks on ``base``.
@@ -136,17 +170,8 @@ def create_app(settings: ServeSettings | None = None, *, registry: Any = None, b
                   description="Task adapters on one frozen base, from an adaptreg registry.")
     app.state.settings, app.state.manager, app.state.batcher, app.state.metrics = settings, manager, batcher, metrics
 
-    @app.middleware("http")
-    async def count_and_limit(request: Request, call_next: Any) -> Any:
-        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > settings.max_body_mb * 1024 * 1024:
-            response = _error(413, f"the request body has {int(size)} bytes, more than the limit of "
-                                   f"{settings.max_body_mb:g} MB (--max-body-mb); send fewer texts per request")
-        else:
-            response = await call_next(request)
-        metrics.requests.inc(endpoint, str(response.status_code))
-        return response
+    app.add_middleware(_CountAndLimit, metrics=metrics, max_body=int(settings.max_body_mb * 1024 * 1024),
+                       max_body_mb=settings.max_body_mb)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,10 +1,11 @@
-"""A bounded, thread-safe LRU of folded adapter branches, shared by every snapshot on one base.
+"""A bounded, thread-safe LRU of adapter branches, shared by every snapshot on one base.
 
-A branch is a copy of the layers an adapter touches with its LoRA update folded in
-(:meth:`adaptreg.compose.predict.Predictor._branch`): for MiniLM's top two layers about 3.5 MB
-per adapter. Snapshots built one after the other (a hot swap, another alias) mostly serve the
-same adapter directories, so they share this cache and fold each adapter once. Past
-``max_items`` the least recently used branch is dropped; a snapshot that needs it again folds it
+A branch is what :meth:`adaptreg.compose.predict.Predictor._branch` builds for an adapter: its
+low-rank matrices (a LoRA adapter on a BERT base: about 100 KB for MiniLM, rank 8, two layers) or
+a copy of the layers it touches with the update folded in (DoRA, other bases: about 3.5 MB per
+adapter). Snapshots built one after the other (a hot swap, another alias) mostly serve the
+same adapter directories, so they share this cache and load each adapter once. Past
+``max_items`` the least recently used branch is dropped; a snapshot that needs it again loads it
 again (milliseconds to a second). A batch that holds a branch keeps it alive until it ends, so
 eviction never breaks a request in flight.
 

@@ -138,8 +138,8 @@ class ServeMetrics:
                                       "Snapshots that failed to build (the previous one kept serving).")
         self.served = Gauge("adaptreg_served_version", "Version served per alias and task.", ("alias", "task"))
         self.router = Gauge("adaptreg_router_version", "Router version per alias (0: none).", ("alias",))
-        self.cache_size = Gauge("adaptreg_adapter_cache_entries", "Folded adapter branches in memory.")
-        self.cache_max = Gauge("adaptreg_adapter_cache_max_entries", "Most folded adapter branches kept (--max-adapters).")
+        self.cache_size = Gauge("adaptreg_adapter_cache_entries", "Adapter branches in memory.")
+        self.cache_max = Gauge("adaptreg_adapter_cache_max_entries", "Most adapter branches kept (--max-adapters).")
         self.cache_events = Counter("adaptreg_adapter_cache_events_total", "Adapter cache hits, misses and evictions.",
                                     ("event",))
 

@@ -36,7 +36,7 @@ class ServeSettings:
     max_wait_ms: float = field(default=5.0, metadata={"help": "Micro-batching: longest a request waits for others to join its batch."})
     batch_size: int = field(default=32, metadata={"help": "Rows per forward pass inside one inference call."})
     poll_s: float = field(default=2.0, metadata={"help": "Seconds between registry checks for promoted, new or archived versions (0 = never)."})
-    max_adapters: int = field(default=16, metadata={"help": "Folded adapter branches kept in memory (least recently used evicted)."})
+    max_adapters: int = field(default=16, metadata={"help": "Adapter branches kept in memory (least recently used evicted)."})
     max_aliases: int = field(default=4, metadata={"help": "Aliases requests may name that are kept loaded at once, the default one included."})
     max_texts: int = field(default=1024, metadata={"help": "Most texts one request may send."})
     max_chars: int = field(default=20_000, metadata={"help": "Most characters in one text; a longer one gets 422."})

@@ -12,7 +12,7 @@ requests name them, at most ``max_aliases``). Its watcher thread reads the regis
 Predictor: the alias where set on the task, else ``production``, else the latest ready version),
 the tasks present and the latest router version. Those are cheap reads (SQLite, no MLflow import
 on a local registry). When they differ from a snapshot's, it builds a new snapshot off the
-request path (adapters verified, changed branches folded into the shared :class:`BranchCache`)
+request path (adapters verified, changed branches loaded into the shared :class:`BranchCache`)
 and swaps a reference: requests arriving after that see the new one.
 """
 
@@ -319,7 +319,7 @@ class SnapshotManager:
         if len(keys) > self.cache.max_items and not self._warned_pins:
             self._warned_pins = True
             logger.warning("alias %r serves %d adapter branches, more than --max-adapters %d: they cannot all stay in "
-                           "memory, the least recently used are folded again when needed; raise --max-adapters",
+                           "memory, the least recently used are loaded again when needed; raise --max-adapters",
                            snap.alias, len(keys), self.cache.max_items)
 
     def reload(self) -> dict[str, Any]:
