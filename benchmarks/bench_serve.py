@@ -195,8 +195,8 @@ def _get(url: str, path: str) -> str:
         conn.close()
 
 
-def batch_counters(url: str) -> tuple[float, float, float]:
-    """(inference batches, requests in them, rows in them) so far, from /metrics."""
+def batch_counters(url: str) -> tuple[float, float, float, float]:
+    """(inference batches, requests in them, rows in them, seconds of inference) so far, from /metrics."""
     text = _get(url, "/metrics")
 
     def value(name: str) -> float:
@@ -204,7 +204,7 @@ def batch_counters(url: str) -> tuple[float, float, float]:
         return float(m.group(1)) if m else 0.0
 
     return (value("adaptreg_batch_requests_count"), value("adaptreg_batch_requests_sum"),
-            value("adaptreg_batch_rows_sum"))
+            value("adaptreg_batch_rows_sum"), value("adaptreg_inference_seconds_sum"))
 
 
 def run_level(url: str, texts: list[str], clients: int, n_requests: int, time_limit_s: float,
@@ -267,7 +267,7 @@ def summarize(records: list[dict], wall_s: float, batch_rps: float, counters: tu
     lat = sorted(1000 * (r["answered"] - r["sent"]) for r in ok)
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
     rps = len(ok) / wall_s if wall_s > 0 else 0.0
-    batches, reqs, rows = counters
+    batches, reqs, rows, busy = (tuple(counters) + (0.0,))[:4]
     errors: dict[str, int] = {}
     for r in records:
         if r["error"] is not None:
@@ -281,7 +281,11 @@ def summarize(records: list[dict], wall_s: float, batch_rps: float, counters: tu
             "rows_per_s": rps, "over_batch": rps / batch_rps,
             "latency_ms": {"p50": q[49], "p95": q[94], "p99": q[98], "max": lat[-1] if lat else None},
             "inference_batches": batches, "requests_per_batch": reqs / batches if batches else None,
-            "rows_per_batch": rows / batches if batches else None}
+            "rows_per_batch": rows / batches if batches else None,
+            # the inference thread's busy share of the wall time, and its own rows/s while busy: the
+            # rest of the time goes to HTTP, the clients and the batcher's turnarounds
+            "inference_busy_share": busy / wall_s if wall_s > 0 and busy else None,
+            "rows_per_inference_s": rows / busy if busy else None}
 
 
 def swap_check(records: list[dict], task: str, new_version: int, old_snapshot: int, t_promoted: float,

@@ -80,9 +80,15 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
     try:
         import uvicorn
+        from threadpoolctl import threadpool_limits
 
         from ..serve.app import create_app
 
+        # numpy's BLAS on one thread for this process: the routing maths between a batch's trunk and
+        # branch passes is a few small products, and OpenBLAS's idle threads then busy-wait on the
+        # cores torch's next pass needs (on 2 cores 32-row batches ran about 15 % slower;
+        # docs/benchmarks.md, "Serving"). The server process is ours, so this is not a library side effect.
+        threadpool_limits(limits=1, user_api="blas")
         app = create_app(settings)
         bound = sock.getsockname()
         url = f"http://{f'[{bound[0]}]' if family == socket.AF_INET6 else bound[0]}:{bound[1]}"

@@ -441,10 +441,17 @@ class Predictor:
         # each row's tokens at its own task's length; reuse the routing pass's trunk where they agree
         redo: list[int] = []
         own_ids: dict[int, list[int]] = {}
+        route_len = int(self.router.max_length) if shared_ids is not None else 0
+        route_cut = getattr(self.router, "truncation", "head") if shared_ids is not None else None
         for i, t in enumerate(tasks):
             if t == UNKNOWN:
                 continue
             e = self._entries[t]
+            # the routing pass's ids are the task's own when both cut the same way at the same length,
+            # or when the text fits the routing length and the task's is no shorter: no second tokenizer call
+            if shared_ids is not None and e.truncation == route_cut and (
+                    e.max_length == route_len or (e.max_length > route_len and len(shared_ids[i]) < route_len)):
+                continue
             ids = tokenize(self.base.tokenizer, [texts[i]], e.max_length, e.truncation)[0]
             if shared_ids is None or ids != shared_ids[i]:
                 own_ids[i] = ids
