@@ -230,6 +230,11 @@ class Packing:
         return list(x.split(self.lengths.tolist()))
 
 
+# the linear modules of a BERT layer, as packed_layer names them to its ``linear`` hook
+PACKED_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                  "intermediate.dense", "output.dense")
+
+
 def packable(model: Any) -> bool:
     """Whether :func:`packed_layer` reproduces this base's layers: BERT with absolute positions,
     transformers' or :mod:`adaptreg.fastbert`'s modules (the same names)."""
@@ -241,8 +246,7 @@ def packable(model: Any) -> bool:
         emb, layers = layer_stack(model)
     except ConfigError:
         return False
-    need = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-            "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+    need = (*PACKED_LINEARS, "attention.output.LayerNorm", "output.LayerNorm")
     if not all(hasattr(emb, a) for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")):
         return False
     for layer in layers:

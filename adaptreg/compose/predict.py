@@ -35,8 +35,8 @@ from typing import Any, MutableMapping, Sequence
 from .. import artifact
 from ..base import LoadedBase, load_base, mean_pool
 from ..errors import ConfigError, IntegrityError, NotFoundError
-from ..trunk import (Packing, frozen_states, layer_stack, length_batches, packable, packed_embed, packed_layer, pad, pooled,
-                     run_layers, tokenize)
+from ..trunk import (PACKED_LINEARS, Packing, frozen_states, layer_stack, length_batches, packable, packed_embed,
+                     packed_layer, pad, pooled, run_layers, tokenize)
 from .router import UNKNOWN, Router, served_entries
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class Predictor:
                     raise IntegrityError(f"{e.path}: adapter touches layer {idx} but its config says layers {e.layers}")
                 self._layers[int(idx)].get_submodule(sub)  # a module the layer lacks is an error either way
                 parsed.append((int(idx), sub, parts))
-            if self._packed and not any("magnitude" in parts for _, _, parts in parsed):
+            if self._packed and all("magnitude" not in parts and sub in PACKED_LINEARS for _, sub, parts in parsed):
                 branch = {}
                 for idx, sub, parts in parsed:
                     branch.setdefault(idx, {})[sub] = (parts["A"].float().T.contiguous(), parts["B"].float().T.contiguous(),
