@@ -40,11 +40,15 @@ def test_packed_layers_equal_the_padded_batch(base, tmp_path):
     give each row's states of the padded batch; Packing.mean is mean pooling."""
     from adaptreg import fastbert
 
-    ids = tokenize(base.tokenizer, TEXTS, 32)
-    x, m = pad(ids, base.tokenizer.pad_token_id)
-    pk = Packing([len(r) for r in ids])
+    words = " ".join(TEXTS).split()
+    many = sorted((" ".join(random.Random(i).choices(words, k=1 + i * 3 % 29)) for i in range(24)), key=len)
     fast = fastbert.build(base.model.config.to_dict(), base.model.state_dict())
-    for model in (base.model, fast):
+    # 4 rows: one padded attention; 24 rows in length order: attention in groups, each padded to its own longest
+    for texts, model in [(TEXTS, base.model), (TEXTS, fast), (many, base.model)]:
+        ids = tokenize(base.tokenizer, texts, 32)
+        x, m = pad(ids, base.tokenizer.pad_token_id)
+        pk = Packing([len(r) for r in ids])
+        assert (pk.groups is None) == (texts is TEXTS)
         assert packable(model)
         with torch.no_grad():
             want = model(input_ids=x, attention_mask=m).last_hidden_state

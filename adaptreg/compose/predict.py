@@ -113,35 +113,39 @@ def fold_lora(module: Any, parts: dict[str, Any]) -> None:
 
 def _low_rank(updates: dict[str, list[tuple]], tokens: int) -> Any:
     """A :func:`~adaptreg.trunk.packed_layer` linear hook: a module's frozen output plus, on each
-    span of packed tokens, ``scale * x A^T B^T`` (``updates``: module -> [(start, end, A^T, B^T, scale)]).
+    task's spans of packed tokens, ``scale * x A^T B^T`` (``updates``: module -> [(spans, A^T, B^T,
+    scale)] per task, ``spans`` a list of (start, end) token ranges).
 
     While the tasks' ranks add up to at most a quarter of the module's input width, every task's
-    ``A`` is applied to all tokens in one product and a mask keeps each span's own columns: two
-    matrix products per module whatever the number of tasks (small products per span cost about a
-    millisecond each on CPU, more than the arithmetic); past that, one pair per span.
+    ``A`` is applied to all tokens in one product and a mask keeps each task's own columns on its
+    tokens: two matrix products per module whatever the number of tasks and spans (small products
+    per span cost about a millisecond each on CPU, more than the arithmetic); past that, one pair
+    per span.
     """
     import torch
 
     stacked: dict[str, tuple[Any, Any, Any]] = {}
     for name, items in updates.items():
-        rank = sum(a.shape[1] for _, _, a, _, _ in items)
-        if len(items) < 2 or rank * 4 > items[0][2].shape[0]:
+        rank = sum(a.shape[1] for _, a, _, _ in items)
+        if rank * 4 > items[0][1].shape[0] or (len(items) == 1 and len(items[0][0]) == 1):
             continue
         mask = torch.zeros((tokens, rank))
         col = 0
-        for lo, hi, a, _, _ in items:
-            mask[lo:hi, col : col + a.shape[1]] = 1.0
+        for spans, a, _, _ in items:
+            for lo, hi in spans:
+                mask[lo:hi, col : col + a.shape[1]] = 1.0
             col += a.shape[1]
-        stacked[name] = (torch.cat([a for _, _, a, _, _ in items], 1), mask,
-                         torch.cat([b * scale for _, _, _, b, scale in items], 0))
+        stacked[name] = (torch.cat([a for _, a, _, _ in items], 1), mask,
+                         torch.cat([b * scale for _, _, b, scale in items], 0))
 
     def linear(name: str, module: Any, x: Any) -> Any:
         y = module(x)
         if name in stacked:
             a, mask, b = stacked[name]
             return y.addmm_((x @ a).mul_(mask), b)
-        for lo, hi, a, b, scale in updates.get(name, ()):
-            y[lo:hi] += (x[lo:hi] @ a) @ b * scale
+        for spans, a, b, scale in updates.get(name, ()):
+            for lo, hi in spans:
+                y[lo:hi] += (x[lo:hi] @ a) @ b * scale
         return y
 
     return linear
@@ -339,18 +343,27 @@ class Predictor:
         out = torch.zeros((len(rows), self.base.hidden_size))
         with torch.inference_mode():
             for idx in length_batches(lengths, batch_size):
-                idx = sorted(idx, key=lambda j: owner[j])  # each task's tokens contiguous
+                # rows in length order (attention pads little: Packing.groups); but where the tasks' ranks
+                # are too many for one masked product, each task's rows together (one span per task)
+                rank = sum(max((a.shape[1] for mods in (groups[g][1] or {}).values() for a, _, _ in mods.values()),
+                                   default=0) for g in {owner[j] for j in idx})
+                if rank * 4 > self.base.hidden_size:  # _low_rank's limit for one masked product
+                    idx = sorted(idx, key=lambda j: owner[j])
                 pk = Packing([lengths[j] for j in idx])
                 h = torch.cat([states[rows[j]] for j in idx])
-                spans: dict[int, tuple[int, int]] = {}
+                spans: dict[int, list[list[int]]] = {}
                 for r, j in enumerate(idx):
                     lo, hi = int(pk.offsets[r]), int(pk.offsets[r + 1])
-                    spans[owner[j]] = (spans.get(owner[j], (lo, hi))[0], hi)
+                    own = spans.setdefault(owner[j], [])
+                    if own and own[-1][1] == lo:
+                        own[-1][1] = hi
+                    else:
+                        own.append([lo, hi])
                 for k in range(self.split, len(self._layers)):
                     updates: dict[str, list[tuple]] = {}
-                    for g, (lo, hi) in spans.items():
+                    for g, where in spans.items():
                         for sub, (a, b, scale) in ((groups[g][1] or {}).get(k) or {}).items():
-                            updates.setdefault(sub, []).append((lo, hi, a, b, scale))
+                            updates.setdefault(sub, []).append((where, a, b, scale))
                     h = packed_layer(self._layers[k], h, pk, self._heads,
                                      _low_rank(updates, h.shape[0]) if updates else None)
                 out[idx] = pk.mean(h).float()
