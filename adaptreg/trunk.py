@@ -194,7 +194,8 @@ class Packing:
 
     Every part of a BERT layer but attention works token by token, so a packed pass spends no
     time on padding in the linear layers (most of the cost); attention alone pads, to the
-    longest row of the batch, and masks. Built from the rows' token counts.
+    longest row of the batch or of each of its :attr:`groups`, and masks. Built from the rows'
+    token counts.
     """
 
     def __init__(self, lengths: Sequence[int], attention_groups: bool = True):
