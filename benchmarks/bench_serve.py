@@ -195,6 +195,15 @@ def _get(url: str, path: str) -> str:
         conn.close()
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def batch_counters(url: str) -> tuple[float, float, float, float]:
     """(inference batches, requests in them, rows in them, seconds of inference) so far, from /metrics."""
     text = _get(url, "/metrics")
@@ -437,22 +446,30 @@ def main(argv: list[str] | None = None) -> dict:
                 if promoter is not None:
                     promoter.start()
                 before = batch_counters(url)
+                cpu0 = (time.process_time(), _cpu_seconds(proc.pid))
                 t0 = time.monotonic()
                 records = run_level(url, rows, clients, n, args.time_limit, halfway if last else None)
                 wall = time.monotonic() - t0
+                cpu1 = (time.process_time(), _cpu_seconds(proc.pid))
                 after = batch_counters(url)
                 halfway.set()
                 if promoter is not None:
                     promoter.join()
                 res = summarize(records, wall, 1.0, tuple(a - b for a, b in zip(after, before)))
                 res["clients"] = clients
+                # cores each process kept busy on average: the clients share the machine with the server
+                res["cores_busy"] = {"clients": (cpu1[0] - cpu0[0]) / wall,
+                                     "server": (cpu1[1] - cpu0[1]) / wall if cpu0[1] is not None else None}
                 if last and "done" in promo:
                     res["promotion"] = {"at_s": promo["start"] - t0, "took_s": promo["done"] - promo["start"],
                                         **swap_check(records, promoted, 2, old_snapshot, promo["done"])}
                 results[f"c{clients}"] = res
                 lat = res["latency_ms"]
+                busy = res["cores_busy"]
                 print(f"c{clients}: {res['requests']} requests, {res['failed']} failed, {res['rows_per_s']:.1f} rows/s, "
-                      f"p50/p95/p99 {lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms", file=sys.stderr)
+                      f"p50/p95/p99 {lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms; cores busy: server "
+                      f"{busy['server'] if busy['server'] is not None else float('nan'):.2f}, clients {busy['clients']:.2f}",
+                      file=sys.stderr)
             batch["after_s"] = batch_calls()
             health = json.loads(_get(url, "/healthz"))
         finally:
