@@ -276,7 +276,7 @@ def summarize(records: list[dict], wall_s: float, batch_rps: float, counters: tu
     lat = sorted(1000 * (r["answered"] - r["sent"]) for r in ok)
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
     rps = len(ok) / wall_s if wall_s > 0 else 0.0
-    batches, reqs, rows, busy = (tuple(counters) + (0.0,))[:4]
+    batches, reqs, rows, busy = counters
     errors: dict[str, int] = {}
     for r in records:
         if r["error"] is not None:
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
                 wall = time.monotonic() - t0
             finally:
                 stop_server(proc)
-            res = summarize(recs, wall, 1.0, (0.0, 0.0, 0.0))
+            res = summarize(recs, wall, 1.0, (0.0, 0.0, 0.0, 0.0))
             tuning.append({"max_batch": mb, "max_wait_ms": mw, "batch_size": bs, "rows_per_s": res["rows_per_s"],
                            "failed": res["failed"], "latency_ms": res["latency_ms"]})
             print(f"tune --max-batch {mb} --max-wait-ms {mw:g} --batch-size {bs}: {res['rows_per_s']:.1f} rows/s "

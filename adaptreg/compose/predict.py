@@ -113,8 +113,8 @@ def fold_lora(module: Any, parts: dict[str, Any]) -> None:
 
 def _low_rank(updates: dict[str, list[tuple]], tokens: int) -> Any:
     """A :func:`~adaptreg.trunk.packed_layer` linear hook: a module's frozen output plus, on each
-    task's spans of packed tokens, ``scale * x A^T B^T`` (``updates``: module -> [(spans, A^T, B^T,
-    scale)] per task, ``spans`` a list of (start, end) token ranges).
+    task's spans of packed tokens, ``x A^T (s B^T)`` (``updates``: module -> [(spans, A^T, s B^T)] per
+    task, ``spans`` a list of (start, end) token ranges, ``s`` the adapter's scale).
 
     While the tasks' ranks add up to at most a quarter of the module's input width, every task's
     ``A`` is applied to all tokens in one product and a mask keeps each task's own columns on its
@@ -126,26 +126,25 @@ def _low_rank(updates: dict[str, list[tuple]], tokens: int) -> Any:
 
     stacked: dict[str, tuple[Any, Any, Any]] = {}
     for name, items in updates.items():
-        rank = sum(a.shape[1] for _, a, _, _ in items)
+        rank = sum(a.shape[1] for _, a, _ in items)
         if rank * 4 > items[0][1].shape[0] or (len(items) == 1 and len(items[0][0]) == 1):
             continue
         mask = torch.zeros((tokens, rank))
         col = 0
-        for spans, a, _, _ in items:
+        for spans, a, _ in items:
             for lo, hi in spans:
                 mask[lo:hi, col : col + a.shape[1]] = 1.0
             col += a.shape[1]
-        stacked[name] = (torch.cat([a for _, a, _, _ in items], 1), mask,
-                         torch.cat([b * scale for _, _, b, scale in items], 0))
+        stacked[name] = (torch.cat([a for _, a, _ in items], 1), mask, torch.cat([b for _, _, b in items], 0))
 
     def linear(name: str, module: Any, x: Any) -> Any:
         y = module(x)
         if name in stacked:
             a, mask, b = stacked[name]
             return y.addmm_((x @ a).mul_(mask), b)
-        for spans, a, b, scale in updates.get(name, ()):
+        for spans, a, b in updates.get(name, ()):
             for lo, hi in spans:
-                y[lo:hi] += (x[lo:hi] @ a) @ b * scale
+                y[lo:hi] += (x[lo:hi] @ a) @ b
         return y
 
     return linear
@@ -238,7 +237,7 @@ class Predictor:
         """The task's branch, built once per adapter directory and split:
 
         * on a base that runs packed (:func:`~adaptreg.trunk.packable`) and a LoRA adapter, its
-          low-rank updates ``{layer index: {module: (A, B, scale)}}``, applied beside the frozen
+          low-rank updates ``{layer index: {module: (Aᵀ, s·Bᵀ)}}``, applied beside the frozen
           layers' own output (:meth:`_branch_mixed`: every task's rows share each layer's matrix product);
         * otherwise (DoRA, whose update cannot be added on the side; another base) the layers
           ``split ..`` with the update folded into private copies;
@@ -263,8 +262,9 @@ class Predictor:
             if self._packed and all("magnitude" not in parts and sub in PACKED_LINEARS for _, sub, parts in parsed):
                 branch = {}
                 for idx, sub, parts in parsed:
-                    branch.setdefault(idx, {})[sub] = (parts["A"].float().T.contiguous(), parts["B"].float().T.contiguous(),
-                                                       float(parts["scale"]))
+                    # A^T and s B^T, the scale folded into B once
+                    branch.setdefault(idx, {})[sub] = (parts["A"].float().T.contiguous(),
+                                                       (parts["B"].float().T * float(parts["scale"])).contiguous())
             else:
                 branch = [copy.deepcopy(layer) if i in e.layers else layer for i, layer in enumerate(self._layers)][self.split:]
                 for idx, sub, parts in parsed:
@@ -340,14 +340,14 @@ class Predictor:
         rows = [i for r, _ in groups for i in r]
         owner = [g for g, (r, _) in enumerate(groups) for _ in r]
         lengths = [states[i].shape[0] for i in rows]
+        # each task's largest rank over its modules: what it adds to one masked product (_low_rank)
+        rank = [max((a.shape[1] for mods in (br or {}).values() for a, _ in mods.values()), default=0) for _, br in groups]
         out = torch.zeros((len(rows), self.base.hidden_size))
         with torch.inference_mode():
             for idx in length_batches(lengths, batch_size):
                 # rows in length order (attention pads little: Packing.groups); but where the tasks' ranks
                 # are too many for one masked product, each task's rows together (one span per task)
-                rank = sum(max((a.shape[1] for mods in (groups[g][1] or {}).values() for a, _, _ in mods.values()),
-                                   default=0) for g in {owner[j] for j in idx})
-                if rank * 4 > self.base.hidden_size:  # _low_rank's limit for one masked product
+                if sum(rank[g] for g in {owner[j] for j in idx}) * 4 > self.base.hidden_size:  # _low_rank's limit
                     idx = sorted(idx, key=lambda j: owner[j])
                 pk = Packing([lengths[j] for j in idx])
                 h = torch.cat([states[rows[j]] for j in idx])
@@ -362,8 +362,8 @@ class Predictor:
                 for k in range(self.split, len(self._layers)):
                     updates: dict[str, list[tuple]] = {}
                     for g, where in spans.items():
-                        for sub, (a, b, scale) in ((groups[g][1] or {}).get(k) or {}).items():
-                            updates.setdefault(sub, []).append((where, a, b, scale))
+                        for sub, (a, b) in ((groups[g][1] or {}).get(k) or {}).items():
+                            updates.setdefault(sub, []).append((where, a, b))
                     h = packed_layer(self._layers[k], h, pk, self._heads,
                                      _low_rank(updates, h.shape[0]) if updates else None)
                 out[idx] = pk.mean(h).float()
