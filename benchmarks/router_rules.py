@@ -3,7 +3,8 @@ the calibrated route score vs class means split into sub-clusters (k-means insid
 mixture discriminant analysis does) vs weights of the text-surface block, and which tasks the
 errors go to. No test row is read.
 
-usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--surface 0,0.5,1,2,4] [--json out.json]
+usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--surface 0,0.5,1,2,4]
+       [--own 0.05:0,0.05:0.5,...] [--json out.json]
 
 The tasks and caps of the 8-task continual stream (docs/benchmarks.md): each task's labelled rows
 (train + validation, 100 per class, at most 1,500 per task) are split in two halves by a fixed
@@ -43,12 +44,15 @@ def subclusters(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tasks", default=",".join(TASKS), help="Comma-separated catalog tasks (default: the 8-task stream).")
     ap.add_argument("--clusters", default="", help="Also try k sub-clusters per label, e.g. 2,4,8.")
     ap.add_argument("--surface", default="", help="Also try these weights of the text-surface block (0 = none), "
                     "nearest class mean; the other rules use the default weight.")
+    ap.add_argument("--own", default="", help="Also try regularised discriminant analysis: comma-separated "
+                    "OWN_COVARIANCE:LOG_DET pairs (Router's own_covariance and log_det), default surface weight.")
     args = ap.parse_args()
     lb = load_base("minilm")
-    tasks = load_text_tasks(TASKS, 100, 0, None, 1500)
+    tasks = load_text_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], 100, 0, None, 1500)
     r0 = Router()  # layer features + the surface block; a weight-0 router drops the block
     X, Y = {}, {}
     for name, td in tasks:
@@ -59,19 +63,25 @@ def main() -> None:
     rng = np.random.default_rng(0)
     halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
     lda = lambda r, x: np.asarray(r.task_distances(x)).argmin(1)  # noqa: E731
-    rules = {"lda (nearest class mean)": (lda, 1, r0.surface),
+    routed_as = lambda r, x: [r.tasks_.index(t) for t in r.route(x)[0]]  # noqa: E731  (the router's own rule)
+    shared = {"own_covariance": 0.0, "log_det": 0.0}
+    rules = {"lda (nearest class mean)": (lda, 1, r0.surface, shared),
              "route score (distance / calibrated quantile)":
-                 (lambda r, x: np.asarray(r.decision_scores(x)).argmin(1), 1, r0.surface)}
+                 (lambda r, x: np.asarray(r.decision_scores(x)).argmin(1), 1, r0.surface, shared)}
     for k in [int(v) for v in args.clusters.split(",") if v.strip()]:
-        rules[f"lda over {k} sub-clusters per label"] = (lda, k, r0.surface)
+        rules[f"lda over {k} sub-clusters per label"] = (lda, k, r0.surface, shared)
     for w in [float(v) for v in args.surface.split(",") if v.strip()]:
-        rules[f"lda, surface weight {w:g}"] = (lda, 1, w)
+        rules[f"lda, surface weight {w:g}"] = (lda, 1, w, shared)
+    for pair in [v for v in args.own.split(",") if v.strip()]:
+        a, ld = (float(v) for v in pair.split(":"))
+        rules[f"rda, own covariance {a:g}, log-det {ld:g}"] = (routed_as, 1, r0.surface,
+                                                               {"own_covariance": a, "log_det": ld})
     out = {}
-    for rule, (pick, k, w) in rules.items():
+    for rule, (pick, k, w, cov) in rules.items():
         hits, conf = {n: 0 for n in X}, {n: {} for n in X}
         cols = {n: slice(None) if w else slice(0, X[n].shape[1] - SURFACE_DIMS) for n in X}
         for h in (0, 1):
-            r = Router(threshold=float("inf"), surface=w)
+            r = Router(threshold=float("inf"), surface=w, **cov)
             for n in X:
                 m = halves[n] == h
                 r.add_task(n, X[n][m][:, cols[n]], subclusters(r._prep(X[n][m][:, cols[n]]), Y[n][m], k))

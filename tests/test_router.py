@@ -176,9 +176,10 @@ def test_router_of_an_older_schema_is_refused_with_the_fix(data, tmp_path):
 
 
 def test_task_distances_take_each_tasks_nearest_class():
-    """The vectorised per-task minimum equals the minimum over each task's classes, checked by brute force."""
+    """The vectorised per-task minimum equals the minimum over each task's classes, checked by brute force
+    (one shared covariance: with each task's own, distances are per task by construction)."""
     rng = np.random.default_rng(3)
-    r = Router(surface=0, layers=(-1,))
+    r = Router(surface=0, layers=(-1,), own_covariance=0.0)
     for k in range(5):
         r.add_task(f"t{k}", rng.normal(size=(40, 12)) + k, rng.integers(0, 3 + k % 2, 40))
     x = rng.normal(size=(30, 12)) + 2
@@ -278,3 +279,60 @@ def test_surface_router_round_trips_and_older_routers_load_without_it(tmp_path):
     del meta["params"]["surface"]  # as written before the surface block existed
     (d / "router.json").write_text(json.dumps(meta))
     assert Router.load(d).surface == 0.0
+
+
+# -- regularised discriminant analysis: each task's own covariance ------------------------------
+
+def test_own_covariance_distances_equal_the_blended_mahalanobis_distance():
+    """With ``own_covariance`` a, a task's distances use (1 - a) * pooled + a * its own within-class
+    covariance, checked against a direct inverse (no shrinkage, no normalisation: nothing else moves)."""
+    rng = np.random.default_rng(11)
+    data = [(rng.normal(size=(80, 6)) * (1 + k) + 2 * k, rng.integers(0, 2 + k, 80)) for k in range(3)]
+    r = Router(surface=0, layers=(-1,), normalize=False, shrinkage=0.0, own_covariance=0.3, log_det=0.0)
+    for k, (x, y) in enumerate(data):
+        r.add_task(f"t{k}", x, y)
+    scat = []
+    for x, y in data:
+        scat.append(sum((x[y == c] - x[y == c].mean(0)).T @ (x[y == c] - x[y == c].mean(0)) for c in np.unique(y)))
+    dof = sum(len(x) - len(np.unique(y)) for x, y in data)
+    pooled = sum(scat) / dof
+    q = rng.normal(size=(25, 6)) * 2 + 2
+    want = np.empty((len(q), 3))
+    for k, (x, y) in enumerate(data):
+        own = scat[k] / (len(x) - len(np.unique(y)))
+        inv = np.linalg.inv(0.7 * pooled + 0.3 * own)
+        diffs = q[:, None] - np.stack([x[y == c].mean(0) for c in np.unique(y)])[None]
+        want[:, k] = np.einsum("rcd,de,rce->rc", diffs, inv, diffs).min(1)
+    np.testing.assert_allclose(r.task_distances(q), want, rtol=1e-6)
+
+
+def test_own_covariance_and_log_det_separate_tasks_that_differ_in_spread():
+    """Two tasks around the same centre, one tight and one broad: one shared covariance (LDA)
+    cannot tell them apart; each task's own covariance and its volume term (QDA at 1, 1) can
+    (unnormalised features: on the unit sphere the two would be the same directions)."""
+    rng = np.random.default_rng(12)
+    tight = lambda n: 0.3 * rng.normal(size=(n, 8))  # noqa: E731
+    broad = lambda n: 2.0 * rng.normal(size=(n, 8))  # noqa: E731
+    test = np.vstack([tight(300), broad(300)])
+    truth = ["tight"] * 300 + ["broad"] * 300
+    acc = {}
+    for a, ld in ((0.0, 0.0), (1.0, 1.0)):
+        r = Router(surface=0, layers=(-1,), normalize=False, threshold=float("inf"), own_covariance=a, log_det=ld)
+        r.add_task("tight", tight(300)).add_task("broad", broad(300))
+        acc[a] = np.mean([p == t for p, t in zip(r.route(test)[0], truth)])
+    assert acc[1.0] > 0.9 and acc[1.0] > acc[0.0] + 0.2, acc
+
+
+def test_own_covariance_keeps_the_calibration_and_round_trips(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = {t: rng.normal(size=DIM) for t in ("a", "b", "c")}
+    r = Router(surface=0, own_covariance=0.3, log_det=0.5)
+    for t, c in centres.items():
+        r.add_task(t, *_task(rng, c, n=200))
+    fresh = np.vstack([_task(rng, c, n=2000)[0] for c in centres.values()])
+    assert 0.002 < abstention_rate(r, fresh) < 0.03
+    back = Router.load(r.save(tmp_path / "router"))
+    assert back.get_params() == r.get_params()
+    assert back.route(fresh[:200])[0] == r.route(fresh[:200])[0]
+    with pytest.raises(ConfigError, match="own_covariance"):
+        Router(surface=0, own_covariance=1.5).add_task("x", *_task(rng, centres["a"]))

@@ -79,6 +79,10 @@ _SURFACE_FLOOR = 0.25
 # (docs/composition.md): 0.84 % routing errors, as low as any set inside the trunk.
 DEFAULT_LAYERS = (-4,)
 DEFAULT_MAX_LENGTH = 128
+# Regularised discriminant analysis: each task's own covariance weight, and its log-determinant's
+# weight in the choice of task. Chosen on held-out training rows (`benchmarks/router_rules.py --own`).
+DEFAULT_OWN_COVARIANCE = 0.1
+DEFAULT_LOG_DET = 0.5
 
 
 def surface_features(texts: list[str]) -> np.ndarray:
@@ -141,11 +145,22 @@ class Router:
     surface : float
         Weight of the text-surface block's distance (:func:`surface_features`, its own shrunk
         covariance); 0 = layer features only. Routers saved before it existed load with 0.
+    own_covariance : float in [0, 1]
+        Weight of each task's own within-class covariance in the covariance its distances use:
+        ``(1 - a) * pooled + a * own`` (regularised discriminant analysis, Friedman 1989, between
+        the shared covariance of LDA at 0 and one covariance per task at 1). Routers saved before
+        it existed load with 0.
+    log_det : float
+        Weight of each task's log-determinant (relative to the pooled covariance's) added to its
+        distance when choosing the task (the Gaussian likelihood's volume term, which favours the
+        tighter task); only matters with ``own_covariance > 0``. The route score (abstention) is
+        the distance alone.
     """
 
     def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
                  normalize: bool = True, max_length: int = DEFAULT_MAX_LENGTH, layers: Any = DEFAULT_LAYERS, folds: int = 5,
-                 truncation: str = "head", surface: float = DEFAULT_SURFACE):
+                 truncation: str = "head", surface: float = DEFAULT_SURFACE,
+                 own_covariance: float = DEFAULT_OWN_COVARIANCE, log_det: float = DEFAULT_LOG_DET):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
@@ -155,13 +170,15 @@ class Router:
         self.folds = folds
         self.truncation = truncation
         self.surface = surface
+        self.own_covariance = own_covariance
+        self.log_det = log_det
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
                 "normalize": self.normalize, "max_length": self.max_length,
                 "layers": list(self.feature_layers), "folds": self.folds, "truncation": self.truncation,
-                "surface": self.surface}
+                "surface": self.surface, "own_covariance": self.own_covariance, "log_det": self.log_det}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -180,6 +197,11 @@ class Router:
             raise ConfigError(f"folds == {self.folds}, must be >= 2")
         if not (isinstance(self.surface, (int, float)) and 0 <= float(self.surface) < math.inf):
             raise ConfigError(f"surface == {self.surface!r}, must be a number >= 0 (0 = no text-surface block)")
+        if not (isinstance(self.own_covariance, (int, float)) and 0 <= float(self.own_covariance) <= 1):
+            raise ConfigError(f"own_covariance == {self.own_covariance!r}, must be a number in [0, 1] "
+                              "(0 = one shared covariance)")
+        if not (isinstance(self.log_det, (int, float)) and 0 <= float(self.log_det) < math.inf):
+            raise ConfigError(f"log_det == {self.log_det!r}, must be a number >= 0")
 
     def feature_key(self) -> tuple:
         """What decides a row's routing features: two routers with the same key featurize alike."""
@@ -345,14 +367,21 @@ class Router:
             cls = [c for c in classes if (yy[tr] == c).any()]
             _, means, s_f = self._class_stats(x[tr], yy[tr], cls)
             dof_f = n_other + int(tr.sum()) - len(cls)
-            w_f, _ = self._whiteners(tuple((o + s) / max(dof_f, 1) for o, s in zip(other, s_f)), dof_f)
+            pooled, _ = self._shrunk(tuple((o + s) / max(dof_f, 1) for o, s in zip(other, s_f)), dof_f)
+            if self.own_covariance:
+                dof_own = int(tr.sum()) - len(cls)
+                lds = [self._whiten(c)[1] for c in pooled]
+                w_f = self._blended(pooled, lds, tuple(s / max(dof_own, 1) for s in s_f), dof_own)[0]
+            else:
+                w_f = [self._whiten(c)[0] for c in pooled]
             held[te] = self._d2(x[te], w_f, means).min(1)
         mean = float(held.mean())
         return float(np.quantile(held, self.quantile)) / mean if mean > 0 else 1.0
 
-    def _whiteners(self, covs: tuple, n: int) -> tuple[list[np.ndarray], list[float]]:
-        """Per block W with W Wᵀ = inverse of the shrunk covariance, and its shrinkage: the layer
-        blocks' (``covs[0]``, [blocks, d, d]), then the surface block's (``covs[1]``, [s, s]) if used."""
+    def _shrunk(self, covs: tuple, n: int) -> tuple[list[np.ndarray], list[float]]:
+        """Per block the shrunk covariance and its shrinkage: the layer blocks' (``covs[0]``,
+        [blocks, d, d]), then the surface block's (``covs[1]``, [s, s]) if used; ``n`` = degrees
+        of freedom behind ``covs``."""
         blocks = self._per_block(covs[0], covs[1])
         if n < 1:
             return [np.eye(len(c)) for c in blocks], [1.0] * len(blocks)
@@ -365,11 +394,38 @@ class Router:
                 c = (1 - s) * c + s * (np.trace(c) / len(c)) * np.eye(len(c))
             if k == len(self.feature_layers):  # the surface block
                 c = c + _SURFACE_FLOOR * np.eye(len(c))
-            vals, vecs = np.linalg.eigh(c)
-            vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
-            out.append(vecs / np.sqrt(vals))
+            out.append(c)
             shrinks.append(s)
         return out, shrinks
+
+    @staticmethod
+    def _whiten(c: np.ndarray) -> tuple[np.ndarray, float]:
+        """(W with W Wᵀ = inverse of ``c``, log-determinant of ``c``)."""
+        vals, vecs = np.linalg.eigh(c)
+        vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
+        return vecs / np.sqrt(vals), float(np.log(vals).sum())
+
+    def _whiteners(self, covs: tuple, n: int) -> tuple[list[np.ndarray], list[float]]:
+        """Per block W with W Wᵀ = inverse of the shrunk covariance, and its shrinkage (:meth:`_shrunk`)."""
+        cs, shrinks = self._shrunk(covs, n)
+        return [self._whiten(c)[0] for c in cs], shrinks
+
+    def _blended(self, pooled: list[np.ndarray], pooled_ld: list[float], own_covs: tuple,
+                 dof_own: int) -> tuple[list, list[float], float]:
+        """One task's whiteners under ``(1 - a) * pooled + a * own`` per block (``pooled``: the
+        shrunk pooled covariances, ``own_covs``: the task's unshrunk ones, ``dof_own`` degrees of
+        freedom behind them), the own covariances' shrinkage, and the task's log-determinant
+        term (weighted like the distances, relative to the pooled covariance's ``pooled_ld``)."""
+        a = float(self.own_covariance)
+        if dof_own < 1:  # one row per class: no own covariance to speak of
+            return [self._whiten(p)[0] for p in pooled], [1.0] * len(pooled), 0.0
+        own, shrinks = self._shrunk(own_covs, dof_own)
+        w, logdet = [], 0.0
+        for p, p_ld, o, weight in zip(pooled, pooled_ld, own, self._block_weights()):
+            wb, ld = self._whiten((1 - a) * p + a * o)
+            w.append(wb)
+            logdet += weight * (ld - p_ld)
+        return w, shrinks, logdet
 
     def _block_weights(self) -> list[float]:
         return self._per_block([1.0] * len(self.feature_layers), float(self.surface))
@@ -411,9 +467,10 @@ class Router:
             raise NotFittedError("This Router instance is not fitted yet. Call 'add_task' or 'fit' with frozen-base "
                                  "training features first (or `adaptreg route add TASK`)")
 
-    def _state(self, entries: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _state(self, entries: tuple[int, ...] | None = None) -> tuple[Any, np.ndarray]:
         """(per-block whiteners W, per-entry calibrated quantile of d²) for a set of entries
-        (default: all), cached per set.
+        (default: all), cached per set; W is shared by every entry, or with ``own_covariance``
+        a list of each entry's own.
 
         Routing among a subset (the task versions being served) uses the covariance pooled over
         that subset only, so entries that are not served (older versions of a task, often fitted
@@ -427,24 +484,36 @@ class Router:
             sel = np.isin(cls_task, idx)
             n = int(self.counts_[sel].sum())
             dof = n - int(sel.sum())
-            w, shrinks = self._whiteners((self.scatters_[list(idx)].sum(0) / max(dof, 1),
-                                          self.surface_scatters_[list(idx)].sum(0) / max(dof, 1)), dof)
-            q = np.empty(len(idx))
+            pooled, shrinks = self._shrunk((self.scatters_[list(idx)].sum(0) / max(dof, 1),
+                                            self.surface_scatters_[list(idx)].sum(0) / max(dof, 1)), dof)
+            whitened = [self._whiten(c) for c in pooled]
+            shared, pooled_ld = [wl[0] for wl in whitened], [wl[1] for wl in whitened]
+            a = float(self.own_covariance) if len(idx) > 1 else 0.0
+            q, per_entry, offsets = np.empty(len(idx)), [], np.zeros(len(idx))
             for j, i in enumerate(idx):
                 counts = self.counts_[cls_task == i]
+                n_i, dof_i = int(counts.sum()), int(counts.sum()) - len(counts)
                 n_c = max(float(counts.mean()), 2.0)
-                held = 0.0
                 own = self._per_block(self.scatters_[i], self.surface_scatters_[i])
-                for wb, sb, shrink, weight in zip(w, own, shrinks, self._block_weights()):
+                w, own_shrinks = shared, [1.0] * len(own)
+                if a:
+                    w, own_shrinks, offsets[j] = self._blended(
+                        pooled, pooled_ld, (self.scatters_[i] / max(dof_i, 1), self.surface_scatters_[i] / max(dof_i, 1)), dof_i)
+                    offsets[j] *= float(self.log_det)
+                per_entry.append(w)
+                held = 0.0
+                for wb, sb, shrink, own_shrink, weight in zip(w, own, shrinks, own_shrinks, self._block_weights()):
                     # mean in-sample d² of the task's rows to their class mean = trace(Wᵀ S_t W) / n_t.
-                    # Leaving a row out of the covariance is a rank-one downdate, (1 - s) v vᵀ / dof, so
-                    # by Sherman-Morrison its held-out distance is d² / (1 - c d²), c = (1 - s) / dof;
-                    # leaving it out of its class mean scales d² by (n_c / (n_c - 1))².
-                    c = (1.0 - shrink) / max(dof, 1)
-                    d_in = float(np.sum(wb * (sb @ wb))) / int(counts.sum())
+                    # Leaving a row out of the covariance is a rank-one downdate, c v vᵀ with
+                    # c = (1 - a)(1 - s) / dof + a (1 - s_t) / dof_t, so by Sherman-Morrison its
+                    # held-out distance is d² / (1 - c d²); leaving it out of its class mean scales d²
+                    # by (n_c / (n_c - 1))².
+                    c = (1.0 - a) * (1.0 - shrink) / max(dof, 1) + a * (1.0 - own_shrink) / max(dof_i, 1)
+                    d_in = float(np.sum(wb * (sb @ wb))) / n_i
                     held += weight * d_in / max(1.0 - c * d_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
                 q[j] = self.ratios_[i] * held
-            self._cache[idx] = (w, np.maximum(q, 1e-12), cls_task)
+            self._cache[idx] = (per_entry if a else shared, np.maximum(q, 1e-12), cls_task,
+                                per_entry if a else None, offsets)
         return self._cache[idx][:2]
 
     @property
@@ -460,11 +529,16 @@ class Router:
         x = self._prep(features)
         idx = tuple(range(len(self.tasks_))) if entries is None else tuple(entries)
         w, _ = self._state(idx)
-        cls_task = self._cache[idx][2]
-        sel = np.isin(cls_task, idx)
-        d2 = self._d2(x, w, self.means_[sel])
+        cls_task, per_entry = self._cache[idx][2], self._cache[idx][3]
         if len(x) == 0:
             return np.full((0, len(idx)), np.inf)
+        if per_entry is not None:  # each entry's distances under its own blended covariance
+            out = np.empty((len(x), len(idx)))
+            for j, i in enumerate(idx):
+                out[:, j] = self._d2(x, per_entry[j], self.means_[cls_task == i]).min(1)
+            return out
+        sel = np.isin(cls_task, idx)
+        d2 = self._d2(x, w, self.means_[sel])
         owner = cls_task[sel]
         # an entry's classes are contiguous (add_task appends them together): one vectorised min per
         # entry instead of a Python loop, so routing cost grows with classes, not tasks
@@ -501,8 +575,9 @@ class Router:
             idx = tuple(sorted({self.tasks_.index(t) for t in tasks}))
         d = self.task_distances(features, idx)
         _, q = self._state(idx)
+        offsets = self._cache[tuple(range(len(self.tasks_))) if idx is None else idx][4]
         names = self.tasks_ if idx is None else [self.tasks_[i] for i in idx]
-        best = d.argmin(1)
+        best = (d + offsets[None]).argmin(1)
         score = d[np.arange(len(d)), best] / q[best]
         routed = [names[b] if s <= thr else UNKNOWN for b, s in zip(best, score)]
         return routed, score
@@ -545,9 +620,10 @@ class Router:
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
         known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds", "truncation",
-                 "surface"}
-        # routers saved before `truncation` / `surface` existed read the head of each text, no surface block
-        router = cls(**{"truncation": "head", "surface": 0.0,
+                 "surface", "own_covariance", "log_det"}
+        # routers saved before `truncation` / `surface` / `own_covariance` existed read the head of each
+        # text, no surface block, one shared covariance
+        router = cls(**{"truncation": "head", "surface": 0.0, "own_covariance": 0.0, "log_det": 0.0,
                         **{k: v for k, v in meta["params"].items() if k in known}})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
