@@ -336,3 +336,26 @@ def test_own_covariance_keeps_the_calibration_and_round_trips(tmp_path):
     assert back.route(fresh[:200])[0] == r.route(fresh[:200])[0]
     with pytest.raises(ConfigError, match="own_covariance"):
         Router(surface=0, own_covariance=1.5).add_task("x", *_task(rng, centres["a"]))
+
+
+def test_route_measures_only_the_nearest_tasks_and_agrees_with_the_full_rule():
+    """``route`` measures each row under the own covariances of its ``ROUTE_CANDIDATES`` nearest
+    tasks only: with that many tasks or fewer it is the full rule exactly, and with more it picks
+    the task the full rule picks for (nearly) every row."""
+    from adaptreg.compose import router as router_mod
+
+    rng = np.random.default_rng(13)
+    r = Router(surface=0, layers=(-1,), threshold=float("inf"), own_covariance=0.2, log_det=0.5)
+    centres = rng.normal(size=(9, 10))
+    for k, c in enumerate(centres):
+        r.add_task(f"t{k}", c + (0.5 + 0.1 * k) * rng.normal(size=(60, 10)), rng.integers(0, 3, 60))
+    x = centres[rng.integers(0, 9, 600)] + 0.8 * rng.normal(size=(600, 10))
+    full = r.task_distances(x) + r._cache[tuple(range(9))][4][None]
+    want = [r.tasks_[i] for i in full.argmin(1)]
+    got = r.route(x)[0]
+    assert np.mean([a == b for a, b in zip(got, want)]) > 0.99
+    assert router_mod.ROUTE_CANDIDATES < 9
+    few = ["t0", "t3", "t5", "t8"][: router_mod.ROUTE_CANDIDATES]
+    idx = tuple(sorted(r.tasks_.index(t) for t in few))
+    sub = r.task_distances(x, idx) + r._cache[idx][4][None]
+    assert r.route(x, tasks=few)[0] == [r.tasks_[idx[i]] for i in sub.argmin(1)]

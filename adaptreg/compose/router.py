@@ -83,6 +83,11 @@ DEFAULT_MAX_LENGTH = 128
 # weight in the choice of task. Chosen on held-out training rows (`benchmarks/router_rules.py --own`).
 DEFAULT_OWN_COVARIANCE = 0.1
 DEFAULT_LOG_DET = 0.5
+# With each task's own covariance, ``route`` measures a row under the own covariances of only its
+# nearest few tasks by the shared one (the blend moves distances a little, not across the field),
+# so routing costs one shared distance per class plus this many per-task whitenings, whatever the
+# number of tasks; with this many tasks or fewer it is the full rule.
+ROUTE_CANDIDATES = 4
 
 
 def surface_features(texts: list[str]) -> np.ndarray:
@@ -513,7 +518,7 @@ class Router:
                     held += weight * d_in / max(1.0 - c * d_in, 0.05) * (n_c / (n_c - 1.0)) ** 2
                 q[j] = self.ratios_[i] * held
             self._cache[idx] = (per_entry if a else shared, np.maximum(q, 1e-12), cls_task,
-                                per_entry if a else None, offsets)
+                                per_entry if a else None, offsets, shared)
         return self._cache[idx][:2]
 
     @property
@@ -524,19 +529,36 @@ class Router:
     def task_distances(self, features: Any, entries: tuple[int, ...] | None = None) -> np.ndarray:
         """Squared Mahalanobis distance of each row to each entry's nearest class mean
         [rows, entries] (``entries``: indices into ``tasks_``, ascending; default all), under the
-        covariance pooled over those entries."""
+        covariance pooled over those entries (blended with each entry's own, ``own_covariance``)."""
         self._check_fitted()
         x = self._prep(features)
         idx = tuple(range(len(self.tasks_))) if entries is None else tuple(entries)
-        w, _ = self._state(idx)
-        cls_task, per_entry = self._cache[idx][2], self._cache[idx][3]
+        return self._distances(x, idx)
+
+    def _distances(self, x: np.ndarray, idx: tuple[int, ...], candidates: int | None = None) -> np.ndarray:
+        """:meth:`task_distances` of prepared rows; with ``candidates``, each row's distances under the
+        entries' own covariances only for its ``candidates`` nearest entries by the shared covariance
+        (plus the log-determinant terms), ``inf`` for the others."""
+        self._state(idx)
+        _, _, cls_task, per_entry, offsets, shared = self._cache[idx]
         if len(x) == 0:
             return np.full((0, len(idx)), np.inf)
-        if per_entry is not None:  # each entry's distances under its own blended covariance
+        if per_entry is None:
+            return self._shared_distances(x, idx, shared, cls_task)
+        if candidates is None or candidates >= len(idx):
             out = np.empty((len(x), len(idx)))
             for j, i in enumerate(idx):
                 out[:, j] = self._d2(x, per_entry[j], self.means_[cls_task == i]).min(1)
             return out
+        near = np.argsort(self._shared_distances(x, idx, shared, cls_task) + offsets[None], 1)[:, :candidates]
+        out = np.full((len(x), len(idx)), np.inf)
+        for j in np.unique(near):
+            rows = np.flatnonzero((near == j).any(1))
+            out[rows, j] = self._d2(x[rows], per_entry[j], self.means_[cls_task == idx[j]]).min(1)
+        return out
+
+    def _shared_distances(self, x: np.ndarray, idx: tuple[int, ...], w: list, cls_task: np.ndarray) -> np.ndarray:
+        """Distances to each entry's nearest class mean under the one shared covariance (whiteners ``w``)."""
         sel = np.isin(cls_task, idx)
         d2 = self._d2(x, w, self.means_[sel])
         owner = cls_task[sel]
@@ -559,7 +581,10 @@ class Router:
               tasks: list[str] | None = None) -> tuple[list[str], np.ndarray]:
         """(task per row, ``"unknown"`` when abstaining; route_score per row, lower = more in-distribution).
 
-        The task is the one with the nearest class mean (LDA rule); the score is that distance
+        The task is the one whose nearest class mean is closest, each task's distance measured under
+        its blended covariance plus ``log_det`` times its log-determinant term (regularised
+        discriminant analysis; with ``own_covariance=0`` the LDA rule), among the row's
+        ``ROUTE_CANDIDATES`` nearest tasks by the shared covariance. The score is that distance
         over the task's calibrated quantile; above ``threshold`` (default ``self.threshold_``) abstains.
         ``tasks`` restricts the candidates (e.g. to the tasks whose adapters are loaded).
         """
@@ -573,9 +598,10 @@ class Router:
             if missing:
                 raise ConfigError(f"the router does not know task(s) {missing}; it routes to {self.tasks_}")
             idx = tuple(sorted({self.tasks_.index(t) for t in tasks}))
-        d = self.task_distances(features, idx)
-        _, q = self._state(idx)
-        offsets = self._cache[tuple(range(len(self.tasks_))) if idx is None else idx][4]
+        key = tuple(range(len(self.tasks_))) if idx is None else idx
+        d = self._distances(self._prep(features), key, candidates=ROUTE_CANDIDATES)
+        _, q = self._state(key)
+        offsets = self._cache[key][4]
         names = self.tasks_ if idx is None else [self.tasks_[i] for i in idx]
         best = (d + offsets[None]).argmin(1)
         score = d[np.arange(len(d)), best] / q[best]
