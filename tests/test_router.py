@@ -1,4 +1,4 @@
-"""Router: nearest class mean under a shared shrunk covariance, incremental, abstaining, pickle-free."""
+"""Router: nearest class mean under a shrunk pooled (+ own) covariance, incremental, abstaining, pickle-free."""
 
 from __future__ import annotations
 

@@ -494,3 +494,15 @@ def test_serve_command_imports_no_heavy_library():
             "heavy = [m for m in ('torch', 'mlflow', 'fastapi', 'uvicorn', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_puts_numpys_blas_on_one_thread_once_numpy_is_loaded():
+    """`adaptreg serve` limits numpy's BLAS to one thread. A limit reaches only libraries already
+    loaded: it used to run before anything had imported numpy, and changed nothing."""
+    code = ("import sys; from adaptreg.cli.serve import one_blas_thread; assert 'numpy' not in sys.modules; "
+            "one_blas_thread(); from threadpoolctl import threadpool_info; "
+            "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1]"

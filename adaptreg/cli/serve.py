@@ -14,6 +14,24 @@ def _help(name: str) -> str:
     return ServeSettings.help(name)
 
 
+def one_blas_thread() -> None:
+    """numpy's BLAS on one thread for this process: the routing maths between a batch's trunk and
+    branch passes is a few small products, and OpenBLAS's idle threads then busy-wait on the cores
+    torch's next pass needs (on 2 cores 32-row batches ran about 15 % slower; docs/benchmarks.md,
+    "Serving"). The server process is ours, so this is not a library side effect.
+
+    A limit reaches only the BLAS libraries already loaded, so numpy is loaded first (before, the
+    limit ran before anything had loaded numpy and changed nothing); ``OPENBLAS_NUM_THREADS``
+    (unless set) covers an OpenBLAS loaded later, such as scipy's."""
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
@@ -80,15 +98,9 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
     try:
         import uvicorn
-        from threadpoolctl import threadpool_limits
-
         from ..serve.app import create_app
 
-        # numpy's BLAS on one thread for this process: the routing maths between a batch's trunk and
-        # branch passes is a few small products, and OpenBLAS's idle threads then busy-wait on the
-        # cores torch's next pass needs (on 2 cores 32-row batches ran about 15 % slower;
-        # docs/benchmarks.md, "Serving"). The server process is ours, so this is not a library side effect.
-        threadpool_limits(limits=1, user_api="blas")
+        one_blas_thread()
         app = create_app(settings)
         bound = sock.getsockname()
         url = f"http://{f'[{bound[0]}]' if family == socket.AF_INET6 else bound[0]}:{bound[1]}"

@@ -1,11 +1,13 @@
 """Route a text to the task it belongs to, from frozen-base features, or abstain.
 
-The router is a nearest-class-mean rule under one shared, shrunk within-class covariance (the
-decision rule of linear discriminant analysis with equal priors), on features pooled from a few
-frozen-base layers (one block per layer, block-diagonal covariance: distances add over layers).
-It keeps only compact statistics per task: each class's count and mean, and the task's
-within-class scatter matrix per block. The pooled covariance is the sum of the tasks' scatters,
-so :meth:`Router.add_task` never needs an earlier task's data.
+The router is a nearest-class-mean rule on features pooled from a few frozen-base layers (one
+block per layer, block-diagonal covariance: distances add over layers). Each task's distances use
+its own within-class covariance blended with the pooled one, ``(1 - own_covariance) * pooled +
+own_covariance * own`` (regularised discriminant analysis; 0 = one shared covariance, the LDA
+rule), and the choice of task adds ``log_det`` times the blend's log-determinant. It keeps only
+compact statistics per task: each class's count and mean, and the task's within-class scatter
+matrix per block. The pooled covariance is the sum of the tasks' scatters, so
+:meth:`Router.add_task` never needs an earlier task's data.
 
 Text surface: by default the features end with a small block of character statistics of the raw
 text (:func:`surface_features`: length, and the shares of capitals, digits, punctuation, line
@@ -120,7 +122,7 @@ def _layers(layers: Any) -> tuple[int, ...]:
 
 
 class Router:
-    """Task router on frozen-base features: nearest class mean, shared shrunk covariance, abstention.
+    """Task router on frozen-base features: nearest class mean, shrunk pooled + own covariance, abstention.
 
     Parameters
     ----------
