@@ -523,6 +523,15 @@ class Router:
                                 per_entry if a else None, offsets, shared)
         return self._cache[idx][:2]
 
+    def _entry(self, idx: tuple[int, ...]) -> tuple:
+        """The whole cached state of a set of entries (:meth:`_state`), held by the caller so that an
+        ``add_task`` in another thread (which drops the cache) cannot pull it away mid-call."""
+        while True:
+            self._state(idx)
+            cache = self._cache
+            if isinstance(cache, dict) and idx in cache:
+                return cache[idx]
+
     @property
     def threshold_(self) -> float:
         return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
@@ -537,12 +546,13 @@ class Router:
         idx = tuple(range(len(self.tasks_))) if entries is None else tuple(entries)
         return self._distances(x, idx)
 
-    def _distances(self, x: np.ndarray, idx: tuple[int, ...], candidates: int | None = None) -> np.ndarray:
+    def _distances(self, x: np.ndarray, idx: tuple[int, ...], candidates: int | None = None,
+                   entry: tuple | None = None) -> np.ndarray:
         """:meth:`task_distances` of prepared rows; with ``candidates``, each row's distances under the
         entries' own covariances only for its ``candidates`` nearest entries by the shared covariance
-        (plus the log-determinant terms), ``inf`` for the others."""
-        self._state(idx)
-        _, _, cls_task, per_entry, offsets, shared = self._cache[idx]
+        (plus the log-determinant terms), ``inf`` for the others. ``entry``: the state to use
+        (:meth:`_entry`; default the current one)."""
+        _, _, cls_task, per_entry, offsets, shared = entry or self._entry(idx)
         if len(x) == 0:
             return np.full((0, len(idx)), np.inf)
         if per_entry is None:
@@ -601,9 +611,9 @@ class Router:
                 raise ConfigError(f"the router does not know task(s) {missing}; it routes to {self.tasks_}")
             idx = tuple(sorted({self.tasks_.index(t) for t in tasks}))
         key = tuple(range(len(self.tasks_))) if idx is None else idx
-        d = self._distances(self._prep(features), key, candidates=ROUTE_CANDIDATES)
-        _, q = self._state(key)
-        offsets = self._cache[key][4]
+        entry = self._entry(key)
+        _, q, _, _, offsets, _ = entry
+        d = self._distances(self._prep(features), key, candidates=ROUTE_CANDIDATES, entry=entry)
         names = self.tasks_ if idx is None else [self.tasks_[i] for i in idx]
         best = (d + offsets[None]).argmin(1)
         score = d[np.arange(len(d)), best] / q[best]
