@@ -377,8 +377,7 @@ class Router:
             pooled, _ = self._shrunk(tuple((o + s) / max(dof_f, 1) for o, s in zip(other, s_f)), dof_f)
             if self.own_covariance:
                 dof_own = int(tr.sum()) - len(cls)
-                lds = [self._whiten(c)[1] for c in pooled]
-                w_f = self._blended(pooled, lds, tuple(s / max(dof_own, 1) for s in s_f), dof_own)[0]
+                w_f = self._blended(pooled, None, tuple(s / max(dof_own, 1) for s in s_f), dof_own)[0]
             else:
                 w_f = [self._whiten(c)[0] for c in pooled]
             held[te] = self._d2(x[te], w_f, means).min(1)
@@ -412,26 +411,23 @@ class Router:
         vals = np.clip(vals, max(vals.max(), 1e-12) * 1e-8, None)
         return vecs / np.sqrt(vals), float(np.log(vals).sum())
 
-    def _whiteners(self, covs: tuple, n: int) -> tuple[list[np.ndarray], list[float]]:
-        """Per block W with W Wᵀ = inverse of the shrunk covariance, and its shrinkage (:meth:`_shrunk`)."""
-        cs, shrinks = self._shrunk(covs, n)
-        return [self._whiten(c)[0] for c in cs], shrinks
-
-    def _blended(self, pooled: list[np.ndarray], pooled_ld: list[float], own_covs: tuple,
+    def _blended(self, pooled: list[np.ndarray], pooled_ld: list[float] | None, own_covs: tuple,
                  dof_own: int) -> tuple[list, list[float], float]:
         """One task's whiteners under ``(1 - a) * pooled + a * own`` per block (``pooled``: the
         shrunk pooled covariances, ``own_covs``: the task's unshrunk ones, ``dof_own`` degrees of
         freedom behind them), the own covariances' shrinkage, and the task's log-determinant
-        term (weighted like the distances, relative to the pooled covariance's ``pooled_ld``)."""
+        term (weighted like the distances, relative to the pooled covariance's ``pooled_ld``; 0
+        without it)."""
         a = float(self.own_covariance)
         if dof_own < 1:  # one row per class: no own covariance to speak of
             return [self._whiten(p)[0] for p in pooled], [1.0] * len(pooled), 0.0
         own, shrinks = self._shrunk(own_covs, dof_own)
         w, logdet = [], 0.0
-        for p, p_ld, o, weight in zip(pooled, pooled_ld, own, self._block_weights()):
+        for k, (p, o, weight) in enumerate(zip(pooled, own, self._block_weights())):
             wb, ld = self._whiten((1 - a) * p + a * o)
             w.append(wb)
-            logdet += weight * (ld - p_ld)
+            if pooled_ld is not None:
+                logdet += weight * (ld - pooled_ld[k])
         return w, shrinks, logdet
 
     def _block_weights(self) -> list[float]:
