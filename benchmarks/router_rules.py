@@ -4,11 +4,12 @@ mixture discriminant analysis does) vs weights of the text-surface block, and wh
 errors go to. No test row is read.
 
 usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--surface 0,0.5,1,2,4]
-       [--own 0.05:0,0.05:0.5,...] [--json out.json]
+       [--own 0.05:0,0.05:0.5,...] [--temperature 0,4,8,16] [--seed 0] [--json out.json]
 
 The tasks and caps of the 8-task continual stream (docs/benchmarks.md): each task's labelled rows
 (train + validation, 100 per class, at most 1,500 per task) are split in two halves by a fixed
-hash; a router fitted on one half of every task routes the other half, and the other way round.
+permutation (``--seed``); a router fitted on one half of every task routes the other half, and the
+other way round.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main() -> None:
                     "nearest class mean; the other rules use the default weight.")
     ap.add_argument("--own", default="", help="Also try regularised discriminant analysis: comma-separated "
                     "OWN_COVARIANCE:LOG_DET pairs (Router's own_covariance and log_det), default surface weight.")
+    ap.add_argument("--temperature", default="", help="Also try these class temperatures (Router's "
+                    "class_temperature; 0 = nearest class mean) at the default own covariance and log-det.")
+    ap.add_argument("--seed", type=int, default=0, help="Seed of the split of each task's rows in two halves.")
     args = ap.parse_args()
     lb = load_base("minilm")
     tasks = load_text_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], 100, 0, None, 1500)
@@ -60,11 +64,11 @@ def main() -> None:
         X[name] = r0.features(lb, texts)
         Y[name] = np.asarray(list(td.train.y) + list(td.val.y))
         print(f"features {name}: {len(texts)}", file=sys.stderr)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
     lda = lambda r, x: np.asarray(r.task_distances(x)).argmin(1)  # noqa: E731
     routed_as = lambda r, x: [r.tasks_.index(t) for t in r.route(x)[0]]  # noqa: E731  (the router's own rule)
-    shared = {"own_covariance": 0.0, "log_det": 0.0}
+    shared = {"own_covariance": 0.0, "log_det": 0.0, "class_temperature": 0.0}
     rules = {"lda (nearest class mean)": (lda, 1, r0.surface, shared),
              "route score (distance / calibrated quantile)":
                  (lambda r, x: np.asarray(r.decision_scores(x)).argmin(1), 1, r0.surface, shared)}
@@ -75,7 +79,9 @@ def main() -> None:
     for pair in [v for v in args.own.split(",") if v.strip()]:
         a, ld = (float(v) for v in pair.split(":"))
         rules[f"rda, own covariance {a:g}, log-det {ld:g}"] = (routed_as, 1, r0.surface,
-                                                               {"own_covariance": a, "log_det": ld})
+                                                               {"own_covariance": a, "log_det": ld, "class_temperature": 0.0})
+    for t in [float(v) for v in args.temperature.split(",") if v.strip()]:
+        rules[f"rda (defaults), class temperature {t:g}"] = (routed_as, 1, r0.surface, {"class_temperature": t})
     out = {}
     for rule, (pick, k, w, cov) in rules.items():
         hits, conf = {n: 0 for n in X}, {n: {} for n in X}

@@ -350,12 +350,58 @@ def test_route_measures_only_the_nearest_tasks_and_agrees_with_the_full_rule():
     for k, c in enumerate(centres):
         r.add_task(f"t{k}", c + (0.5 + 0.1 * k) * rng.normal(size=(60, 10)), rng.integers(0, 3, 60))
     x = centres[rng.integers(0, 9, 600)] + 0.8 * rng.normal(size=(600, 10))
-    full = r.task_distances(x) + r._cache[tuple(range(9))][4][None]
+    def choosing(idx):  # every task's choosing score under its own covariance: the full rule
+        return r._distances(r._prep(x), idx, choose=True)[1] + r._cache[idx][4][None]
+
+    full = choosing(tuple(range(9)))
     want = [r.tasks_[i] for i in full.argmin(1)]
     got = r.route(x)[0]
     assert np.mean([a == b for a, b in zip(got, want)]) > 0.99
     assert router_mod.ROUTE_CANDIDATES < 9
     few = ["t0", "t3", "t5", "t8"][: router_mod.ROUTE_CANDIDATES]
     idx = tuple(sorted(r.tasks_.index(t) for t in few))
-    sub = r.task_distances(x, idx) + r._cache[idx][4][None]
+    sub = choosing(idx)
     assert r.route(x, tasks=few)[0] == [r.tasks_[idx[i]] for i in sub.argmin(1)]
+
+
+def test_class_temperature_counts_every_class_of_a_task():
+    """A row equally near two classes of task A and a little nearer task B's one class: the nearest
+    class mean (temperature 0) picks B; the tempered class mixture (the default) picks A, the
+    task whose classes together explain the row, even after A pays its 2 log 2 class prior."""
+    rng = np.random.default_rng(21)
+    e1, e2 = np.eye(DIM)[0], np.eye(DIM)[1]
+    noise = lambda n: rng.normal(size=(n, DIM))  # noqa: E731
+    a = np.vstack([4 * e1 + noise(1500), -4 * e1 + noise(1500)])
+    ya = np.repeat([0, 1], 1500)
+    b = 3.5 * e2 + noise(3000)
+    rows = 0.05 * noise(50)
+    got = {}
+    for t in (0.0, 8.0):
+        r = Router(surface=0, normalize=False, threshold=float("inf"), own_covariance=0.0, class_temperature=t)
+        r.add_task("A", a, ya).add_task("B", b)
+        got[t] = set(r.route(rows)[0])
+        d = r.task_distances(rows)
+        assert (d[:, 1] < d[:, 0]).all()  # B's mean is the nearest class mean of every row
+    assert got == {0.0: {"B"}, 8.0: {"A"}}
+
+
+def test_tempered_scores_match_the_formula_on_both_paths():
+    """The choosing score is -2T log sum_y exp(-d_y / 2T) + 2 log K over the task's classes, the
+    same whether computed per task (own covariance) or in one pass (shared covariance)."""
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(5)
+    for own in (0.0, 0.3):
+        r = Router(surface=0, threshold=float("inf"), own_covariance=own, class_temperature=3.0)
+        for k in range(3):
+            r.add_task(f"t{k}", *_task(rng, rng.normal(size=DIM), n=120, n_classes=k + 2))
+        x = r._prep(rng.normal(size=(40, DIM)))
+        idx = (0, 1, 2)
+        dmin, soft = r._distances(x, idx, choose=True)
+        w, _, cls_task, per_entry, _, shared = r._entry(idx)
+        for j in idx:
+            d2 = r._d2(x, per_entry[j] if per_entry else shared, r.means_[cls_task == j])
+            assert np.allclose(dmin[:, j], d2.min(1))
+            assert np.allclose(soft[:, j], -6.0 * logsumexp(-d2 / 6.0, axis=1) + 2 * np.log(d2.shape[1]))
+    with pytest.raises(ConfigError, match="class_temperature"):
+        Router(surface=0, class_temperature=-1).add_task("x", *_task(rng, rng.normal(size=DIM)))

@@ -85,6 +85,9 @@ DEFAULT_MAX_LENGTH = 128
 # weight in the choice of task. Chosen on held-out training rows (`benchmarks/router_rules.py --own`).
 DEFAULT_OWN_COVARIANCE = 0.1
 DEFAULT_LOG_DET = 0.5
+# The task score is a tempered mixture over the task's classes (soft nearest class mean) plus the
+# class prior; temperature chosen on held-out training rows of the 8-task stream (docs/composition.md)
+DEFAULT_CLASS_TEMPERATURE = 8.0
 # With each task's own covariance, ``route`` measures a row under the own covariances of only its
 # nearest few tasks by the shared one (the blend moves distances a little, not across the field),
 # so routing costs one shared distance per class plus this many per-task whitenings, whatever the
@@ -162,12 +165,21 @@ class Router:
         distance when choosing the task (the Gaussian likelihood's volume term, which favours the
         tighter task); only matters with ``own_covariance > 0``. The route score (abstention) is
         the distance alone.
+    class_temperature : float
+        How a task's classes add up when choosing the task. 0: the distance to its nearest class
+        mean. ``T > 0``: ``-2T log sum_y exp(-d_y / 2T) + 2 log K`` over its K classes' squared
+        distances ``d_y`` (a mixture of its classes, tempered by ``T``, each class with prior 1/K of
+        the task's): a row between several classes of one task counts for that task, and a task
+        with many classes gets no edge from their number alone. T -> 0 is the nearest class mean
+        plus the prior. The route score (abstention) stays the nearest class's distance. Routers
+        saved before it existed load with 0.
     """
 
     def __init__(self, threshold: float | None = None, quantile: float = 0.99, shrinkage: str | float = "oas",
                  normalize: bool = True, max_length: int = DEFAULT_MAX_LENGTH, layers: Any = DEFAULT_LAYERS, folds: int = 5,
                  truncation: str = "head", surface: float = DEFAULT_SURFACE,
-                 own_covariance: float = DEFAULT_OWN_COVARIANCE, log_det: float = DEFAULT_LOG_DET):
+                 own_covariance: float = DEFAULT_OWN_COVARIANCE, log_det: float = DEFAULT_LOG_DET,
+                 class_temperature: float = DEFAULT_CLASS_TEMPERATURE):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
@@ -179,13 +191,15 @@ class Router:
         self.surface = surface
         self.own_covariance = own_covariance
         self.log_det = log_det
+        self.class_temperature = class_temperature
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "shrinkage": self.shrinkage,
                 "normalize": self.normalize, "max_length": self.max_length,
                 "layers": list(self.feature_layers), "folds": self.folds, "truncation": self.truncation,
-                "surface": self.surface, "own_covariance": self.own_covariance, "log_det": self.log_det}
+                "surface": self.surface, "own_covariance": self.own_covariance, "log_det": self.log_det,
+                "class_temperature": self.class_temperature}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -209,6 +223,9 @@ class Router:
                               "(0 = one shared covariance)")
         if not (isinstance(self.log_det, (int, float)) and 0 <= float(self.log_det) < math.inf):
             raise ConfigError(f"log_det == {self.log_det!r}, must be a number >= 0")
+        if not (isinstance(self.class_temperature, (int, float)) and 0 <= float(self.class_temperature) < math.inf):
+            raise ConfigError(f"class_temperature == {self.class_temperature!r}, must be a number >= 0 "
+                              "(0 = nearest class mean)")
 
     def feature_key(self) -> tuple:
         """What decides a row's routing features: two routers with the same key featurize alike."""
@@ -543,42 +560,67 @@ class Router:
         return self._distances(x, idx)
 
     def _distances(self, x: np.ndarray, idx: tuple[int, ...], candidates: int | None = None,
-                   entry: tuple | None = None) -> np.ndarray:
+                   entry: tuple | None = None, choose: bool = False) -> Any:
         """:meth:`task_distances` of prepared rows; with ``candidates``, each row's distances under the
         entries' own covariances only for its ``candidates`` nearest entries by the shared covariance
-        (plus the log-determinant terms), ``inf`` for the others. ``entry``: the state to use
-        (:meth:`_entry`; default the current one)."""
+        (by the choosing score, plus the log-determinant terms), ``inf`` for the others. ``entry``:
+        the state to use (:meth:`_entry`; default the current one). ``choose``: return ``(distances,
+        choosing scores)``, the latter the tempered class mixture of ``class_temperature``
+        (:meth:`_reduce`; the distances themselves when it is 0), without the log-determinant terms."""
         _, _, cls_task, per_entry, offsets, shared = entry or self._entry(idx)
         if len(x) == 0:
-            return np.full((0, len(idx)), np.inf)
+            empty = np.full((0, len(idx)), np.inf)
+            return (empty, empty) if choose else empty
         if per_entry is None:
-            return self._shared_distances(x, idx, shared, cls_task)
+            out, soft = self._shared_distances(x, idx, shared, cls_task)
+            return (out, soft) if choose else out
+        out, soft = np.full((len(x), len(idx)), np.inf), np.full((len(x), len(idx)), np.inf)
         if candidates is None or candidates >= len(idx):
-            out = np.empty((len(x), len(idx)))
             for j, i in enumerate(idx):
-                out[:, j] = self._d2(x, per_entry[j], self.means_[cls_task == i]).min(1)
-            return out
-        near = np.argsort(self._shared_distances(x, idx, shared, cls_task) + offsets[None], 1)[:, :candidates]
-        out = np.full((len(x), len(idx)), np.inf)
+                out[:, j], soft[:, j] = self._reduce(self._d2(x, per_entry[j], self.means_[cls_task == i]))
+            return (out, soft) if choose else out
+        near = np.argsort(self._shared_distances(x, idx, shared, cls_task)[1] + offsets[None], 1)[:, :candidates]
         for j in np.unique(near):
             rows = np.flatnonzero((near == j).any(1))
-            out[rows, j] = self._d2(x[rows], per_entry[j], self.means_[cls_task == idx[j]]).min(1)
-        return out
+            out[rows, j], soft[rows, j] = self._reduce(self._d2(x[rows], per_entry[j], self.means_[cls_task == idx[j]]))
+        return (out, soft) if choose else out
 
-    def _shared_distances(self, x: np.ndarray, idx: tuple[int, ...], w: list, cls_task: np.ndarray) -> np.ndarray:
-        """Distances to each entry's nearest class mean under the one shared covariance (whiteners ``w``)."""
+    def _reduce(self, d2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One task's [rows, its classes] squared distances -> (nearest class's distance, choosing
+        score) per row: with ``class_temperature`` T > 0, ``-2T log sum exp(-d2 / 2T) + 2 log K``."""
+        mn = d2.min(1)
+        t = float(self.class_temperature)
+        if not t:
+            return mn, mn
+        with np.errstate(under="ignore"):
+            s = np.exp(-(d2 - mn[:, None]) / (2.0 * t)).sum(1)
+        return mn, mn - 2.0 * t * np.log(s) + 2.0 * math.log(d2.shape[1])
+
+    def _shared_distances(self, x: np.ndarray, idx: tuple[int, ...], w: list,
+                          cls_task: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distances to each entry's nearest class mean, choosing scores: :meth:`_reduce`) under the
+        one shared covariance (whiteners ``w``)."""
         sel = np.isin(cls_task, idx)
         d2 = self._d2(x, w, self.means_[sel])
         owner = cls_task[sel]
-        # an entry's classes are contiguous (add_task appends them together): one vectorised min per
-        # entry instead of a Python loop, so routing cost grows with classes, not tasks
+        # an entry's classes are contiguous (add_task appends them together): vectorised reductions
+        # per entry instead of a Python loop, so routing cost grows with classes, not tasks
         starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
         if len(starts) == len(idx) and (owner[starts] == np.asarray(idx)).all():
-            return np.minimum.reduceat(d2, starts, axis=1)
-        out = np.full((len(x), len(idx)), np.inf)
+            mn = np.minimum.reduceat(d2, starts, axis=1)
+            t = float(self.class_temperature)
+            if not t:
+                return mn, mn
+            low = mn.min(1, keepdims=True)  # one shift per row: exp of the nearest entry's classes <= 1
+            with np.errstate(under="ignore", divide="ignore"):
+                s = np.add.reduceat(np.exp(-(d2 - low) / (2.0 * t)), starts, axis=1)
+                soft = low - 2.0 * t * np.log(s)
+            k = np.diff(np.r_[starts, len(owner)])
+            return mn, soft + 2.0 * np.log(k)[None]
+        out, soft = np.full((len(x), len(idx)), np.inf), np.full((len(x), len(idx)), np.inf)
         for j, i in enumerate(idx):
-            out[:, j] = d2[:, owner == i].min(1)
-        return out
+            out[:, j], soft[:, j] = self._reduce(d2[:, owner == i])
+        return out, soft
 
     def decision_scores(self, features: Any) -> np.ndarray:
         """``route_score`` of each row for each task: distance / calibrated quantile (lower = closer)."""
@@ -589,11 +631,13 @@ class Router:
               tasks: list[str] | None = None) -> tuple[list[str], np.ndarray]:
         """(task per row, ``"unknown"`` when abstaining; route_score per row, lower = more in-distribution).
 
-        The task is the one whose nearest class mean is closest, each task's distance measured under
-        its blended covariance plus ``log_det`` times its log-determinant term (regularised
-        discriminant analysis; with ``own_covariance=0`` the LDA rule), among the row's
-        ``ROUTE_CANDIDATES`` nearest tasks by the shared covariance. The score is that distance
-        over the task's calibrated quantile; above ``threshold`` (default ``self.threshold_``) abstains.
+        The task is the one with the lowest choosing score: its classes' squared distances, each
+        task's measured under its blended covariance, reduced to one score by ``class_temperature``
+        (the nearest class mean at 0, else the tempered class mixture), plus ``log_det`` times its
+        log-determinant term (regularised discriminant analysis; with ``own_covariance=0`` and
+        ``class_temperature=0`` the LDA rule), among the row's ``ROUTE_CANDIDATES`` best tasks by the
+        shared covariance. The route score is the chosen task's nearest-class distance over its
+        calibrated quantile; above ``threshold`` (default ``self.threshold_``) abstains.
         ``tasks`` restricts the candidates (e.g. to the tasks whose adapters are loaded).
         """
         self._check_fitted()
@@ -609,9 +653,9 @@ class Router:
         key = tuple(range(len(self.tasks_))) if idx is None else idx
         entry = self._entry(key)
         _, q, _, _, offsets, _ = entry
-        d = self._distances(self._prep(features), key, candidates=ROUTE_CANDIDATES, entry=entry)
+        d, soft = self._distances(self._prep(features), key, candidates=ROUTE_CANDIDATES, entry=entry, choose=True)
         names = self.tasks_ if idx is None else [self.tasks_[i] for i in idx]
-        best = (d + offsets[None]).argmin(1)
+        best = (soft + offsets[None]).argmin(1)
         score = d[np.arange(len(d)), best] / q[best]
         routed = [names[b] if s <= thr else UNKNOWN for b, s in zip(best, score)]
         return routed, score
@@ -654,10 +698,11 @@ class Router:
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
         known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds", "truncation",
-                 "surface", "own_covariance", "log_det"}
-        # routers saved before `truncation` / `surface` / `own_covariance` existed read the head of each
-        # text, no surface block, one shared covariance
+                 "surface", "own_covariance", "log_det", "class_temperature"}
+        # routers saved before `truncation` / `surface` / `own_covariance` / `class_temperature` existed read
+        # the head of each text, no surface block, one shared covariance, the nearest class mean
         router = cls(**{"truncation": "head", "surface": 0.0, "own_covariance": 0.0, "log_det": 0.0,
+                        "class_temperature": 0.0,
                         **{k: v for k, v in meta["params"].items() if k in known}})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
