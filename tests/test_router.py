@@ -188,6 +188,11 @@ def test_task_distances_take_each_tasks_nearest_class():
     want = np.stack([d2[:, [i for i, t in enumerate(r.class_tasks_) if t == name]].min(1) for name in r.tasks_], 1)
     assert np.allclose(r.task_distances(x), want)
     assert r.task_distances(np.zeros((0, 12))).shape == (0, 5)
+    # entries given out of order: columns follow the entries as given
+    w, _ = r._state((3, 1))
+    d2 = r._d2(r._prep(x), w, r.means_)
+    want = np.stack([d2[:, [i for i, t in enumerate(r.class_tasks_) if t == f"t{k}"]].min(1) for k in (3, 1)], 1)
+    assert np.allclose(r.task_distances(x, (3, 1)), want)
 
 
 def test_a_second_version_on_the_same_rows_routes_like_the_first():

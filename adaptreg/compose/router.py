@@ -576,25 +576,28 @@ class Router:
             return (out, soft) if choose else out
         out, soft = np.full((len(x), len(idx)), np.inf), np.full((len(x), len(idx)), np.inf)
         if candidates is None or candidates >= len(idx):
-            for j, i in enumerate(idx):
-                out[:, j], soft[:, j] = self._reduce(self._d2(x, per_entry[j], self.means_[cls_task == i]))
-            return (out, soft) if choose else out
-        near = np.argsort(self._shared_distances(x, idx, shared, cls_task)[1] + offsets[None], 1)[:, :candidates]
-        for j in np.unique(near):
-            rows = np.flatnonzero((near == j).any(1))
-            out[rows, j], soft[rows, j] = self._reduce(self._d2(x[rows], per_entry[j], self.means_[cls_task == idx[j]]))
+            todo = [(j, slice(None)) for j in range(len(idx))]
+        else:
+            near = np.argsort(self._shared_distances(x, idx, shared, cls_task)[1] + offsets[None], 1)[:, :candidates]
+            todo = [(j, np.flatnonzero((near == j).any(1))) for j in np.unique(near)]
+        for j, rows in todo:
+            mn, sc = self._reduce(self._d2(x[rows], per_entry[j], self.means_[cls_task == idx[j]]))
+            out[rows, j], soft[rows, j] = mn[:, 0], sc[:, 0]
         return (out, soft) if choose else out
 
-    def _reduce(self, d2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One task's [rows, its classes] squared distances -> (nearest class's distance, choosing
-        score) per row: with ``class_temperature`` T > 0, ``-2T log sum exp(-d2 / 2T) + 2 log K``."""
-        mn = d2.min(1)
+    def _reduce(self, d2: np.ndarray, starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """[rows, classes] squared distances, each task's classes contiguous from ``starts`` (default:
+        one task) -> (nearest class's distance, choosing score) [rows, tasks]: with
+        ``class_temperature`` T > 0, ``-2T log sum_y exp(-d2_y / 2T) + 2 log K`` over each task's K classes."""
+        starts = np.zeros(1, dtype=np.int64) if starts is None else starts
+        mn = np.minimum.reduceat(d2, starts, axis=1)
         t = float(self.class_temperature)
         if not t:
             return mn, mn
-        with np.errstate(under="ignore"):
-            s = np.exp(-(d2 - mn[:, None]) / (2.0 * t)).sum(1)
-        return mn, mn - 2.0 * t * np.log(s) + 2.0 * math.log(d2.shape[1])
+        low = mn.min(1, keepdims=True)  # one shift per row: the nearest task's terms are <= 1, one of them 1
+        with np.errstate(under="ignore", divide="ignore"):  # a far task's sum may underflow: score inf
+            soft = low - 2.0 * t * np.log(np.add.reduceat(np.exp(-(d2 - low) / (2.0 * t)), starts, axis=1))
+        return mn, soft + 2.0 * np.log(np.diff(np.r_[starts, d2.shape[1]]))[None]
 
     def _shared_distances(self, x: np.ndarray, idx: tuple[int, ...], w: list,
                           cls_task: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -606,21 +609,11 @@ class Router:
         # an entry's classes are contiguous (add_task appends them together): vectorised reductions
         # per entry instead of a Python loop, so routing cost grows with classes, not tasks
         starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        if len(starts) == len(idx) and (owner[starts] == np.asarray(idx)).all():
-            mn = np.minimum.reduceat(d2, starts, axis=1)
-            t = float(self.class_temperature)
-            if not t:
-                return mn, mn
-            low = mn.min(1, keepdims=True)  # one shift per row: exp of the nearest entry's classes <= 1
-            with np.errstate(under="ignore", divide="ignore"):
-                s = np.add.reduceat(np.exp(-(d2 - low) / (2.0 * t)), starts, axis=1)
-                soft = low - 2.0 * t * np.log(s)
-            k = np.diff(np.r_[starts, len(owner)])
-            return mn, soft + 2.0 * np.log(k)[None]
-        out, soft = np.full((len(x), len(idx)), np.inf), np.full((len(x), len(idx)), np.inf)
-        for j, i in enumerate(idx):
-            out[:, j], soft[:, j] = self._reduce(d2[:, owner == i])
-        return out, soft
+        if len(starts) != len(idx) or (owner[starts] != np.asarray(idx)).any():  # else put them in entry order
+            order = np.concatenate([np.flatnonzero(owner == i) for i in idx])
+            d2 = d2[:, order]
+            starts = np.r_[0, np.cumsum([int((owner == i).sum()) for i in idx])[:-1]]
+        return self._reduce(d2, starts)
 
     def decision_scores(self, features: Any) -> np.ndarray:
         """``route_score`` of each row for each task: distance / calibrated quantile (lower = closer)."""
