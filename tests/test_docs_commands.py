@@ -190,7 +190,6 @@ SKIP = [
     (r"adaptreg benchmark continual --tasks a\.csv,b\.csv,c\.csv",
      ("default base MiniLM, 3 tasks x several strategies; the same command on the tiny base: "
       "test_benchmark.py::test_cli_benchmark_json")),
-    (r"for t in bbc-news spam movie-reviews tweet-sentiment; do adaptreg onboard", _MINUTES + ", 4 datasets"),
     (r"(PYTHONPATH=\S+ )?/usr/bin/time -v adaptreg onboard bbc --data bbc-news --no-register --out(put)? runs/bbc-(old|new) ",
      _MINUTES + " (the full bbc-news split, once with the code before the trunk: peak memory)"),
     (r"git worktree add ", "a checkout of an older commit, for a before/after measurement"),
