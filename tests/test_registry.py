@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -474,9 +475,12 @@ Registry(sys.argv[1]).register(sys.argv[2])
 
 
 def _crashing_register(location: Path, art: Path, where: str) -> int:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-c", _CRASH, str(location), str(art), where], env=env,
-                          capture_output=True, timeout=120).returncode
+    # the killed child cannot remove its temporary files (its ``finally`` never runs): give it a
+    # temporary directory of its own, removed here
+    with tempfile.TemporaryDirectory(prefix="adaptreg-test-killed-") as tmp:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": tmp}
+        return subprocess.run([sys.executable, "-c", _CRASH, str(location), str(art), where], env=env,
+                              capture_output=True, timeout=120).returncode
 
 
 def test_killed_registration_leaves_nothing_visible(tmp_path, arts, empty_db):

@@ -240,8 +240,12 @@ def test_four_processes_register_at_once(pg_server, pg_arts, tmp_path):
 
 
 def _register_and_die(url: str, art: str, cache: str) -> None:
+    import tempfile
+
     from adaptreg.registry import store
 
+    # killed, this process cannot remove its temporary files: keep them under the test's directory
+    tempfile.tempdir = str(Path(cache).parent)
     # fault injection from the test: SIGKILL this process once its version exists
     store.fault_hook = lambda where: os.kill(os.getpid(), signal.SIGKILL) if where == "after_version" else None
     Registry(url, cache_dir=cache).register(art, task="crash")
