@@ -11,6 +11,7 @@ import logging
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class OnboardResult:
             "training": m["training"], "metrics": m["metrics"], "report": m["report"], "parents": m.get("parents", []),
             "selection": m.get("selection"),
             "router_version": self.extra.get("router_version"),
+            "seconds": self.extra.get("seconds"),
         }
 
 
@@ -83,7 +85,9 @@ def build_peft_model(base_model: Any, model_type: str, lora: LoraSettings, adapt
                      target_modules=list(targets), use_rslora=bool(lora.rslora), use_dora=lora.kind == "dora",
                      bias="none", **extra)
     try:
-        model = get_peft_model(base_model, cfg, adapter_name=adapter_name)
+        with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; nothing for the user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(base_model, cfg, adapter_name=adapter_name)
     except ValueError as exc:
         raise ConfigError(f"LoRA targets {targets} do not match modules of this {model_type} base: {str(exc).splitlines()[0]}") from None
     if lora.kind == "lora-fa":
@@ -632,17 +636,25 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
         init_state = _trainable_state(model)  # the folds of the cross-validated decision restart here
         fit_info = fit(model, lb.tokenizer, td, train, progress=progress, caches=caches, regularizer=regularizer)
         seconds["train"] = fit_info["train_seconds"]
+        t = time.perf_counter()
         za = {s: cache_logits(model, caches[s], train.eval_batch_size) for s in ("val", "test")}
+        seconds["evaluate"] = time.perf_counter() - t
         reports["adapter"] = {s: classification_report(ys[s], za[s].argmax(1).tolist(), td.labels) for s in za}
         val_loss["adapter"] = log_loss(za["val"], ys["val"])
         chosen, paired = "adapter", None
         if clf is not None:
             if train.select == "best" and len(td.val) < train.cv_below and train.cv_folds >= 2:
                 t = time.perf_counter()
-                a_pred, p_pred, y_all = cross_validated_predictions(model, init_state, td, train, caches, feats, probe_c,
-                                                                    fit_info["epochs_planned"], fit_info["best_epoch"] or 1)
-                paired = paired_margin(a_pred, p_pred, y_all, train.select_z)
-                paired["on"] = f"{train.cv_folds}-fold cross-validation over train + val ({len(y_all)} rows)"
+                a_pred, p_pred, y_cv, folds = cross_validated_predictions(
+                    model, init_state, td, train, caches, feats, probe_c, fit_info["epochs_planned"],
+                    fit_info["best_epoch"] or 1)
+                paired = paired_margin(a_pred, p_pred, y_cv, train.select_z)
+                n_all = len(td.train) + len(td.val)
+                paired["on"] = (f"{train.cv_folds}-fold cross-validation over train + val ({n_all} rows)"
+                                if len(y_cv) == n_all else
+                                f"{train.cv_folds}-fold cross-validation over train + val, stopped after fold {folds} "
+                                f"({len(y_cv)} of {n_all} rows): the lead was already decisive")
+                paired["folds_run"] = folds
                 seconds["cross_validation"] = time.perf_counter() - t
             else:
                 paired = paired_margin(za["val"].argmax(1), zp["val"].argmax(1), ys["val"], train.select_z)
@@ -667,15 +679,24 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
                        cache_bytes_per_example=bpe, seconds=seconds, paired=paired, router_features=router_x)
 
 
+CV_EARLY_Z = 2.5  # an early look at the folds ends the cross-validation only on a lead this many standard errors wide
+
+
 def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td: TaskData, train: TrainSettings,
                                 caches: dict[str, Any], feats: dict[str, Any], probe_c: float,
-                                epochs: int, best_epoch: int) -> tuple[Any, Any, Any]:
+                                epochs: int, best_epoch: int) -> tuple[Any, Any, Any, int]:
     """Out-of-fold predictions of both candidates over train + val, for a validation split too small
     to tell them apart. Each fold restarts ``model``'s adapter and head from ``init_state`` (the
     main run's starting point) and trains them on the other folds as the registered adapter was
     trained: the same ``epochs``-epoch schedule, stopped after ``best_epoch`` (the checkpoint the
     main run kept); a probe with the main probe's C is fitted alike. The main run's trained weights
-    are put back afterwards: the fold models only inform the choice."""
+    are put back afterwards: the fold models only inform the choice.
+
+    Sequential: after each fold but the last, the rows covered so far are checked, and a lead of
+    ``max(CV_EARLY_Z, select_z)`` standard errors of the paired difference (see
+    :func:`paired_margin`) for either candidate ends the loop, since the remaining folds could not
+    plausibly overturn it. Returns the predictions and labels of the covered rows and the number of
+    folds run."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -694,8 +715,12 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     a_pred, p_pred = np.zeros(len(y), dtype=int), np.zeros(len(y), dtype=int)
     fold_settings = TrainSettings(**{**train.to_dict(), "epochs": int(epochs), "patience": 0})
     trained_state = _trainable_state(model)
+    covered = np.zeros(len(y), dtype=bool)
+    folds_run = 0
     try:
         for k, (tr, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=train.seed).split(x, y)):
+            if folds_run and _decisive(a_pred[covered], p_pred[covered], y[covered], max(CV_EARLY_Z, train.select_z)):
+                break
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe_c, max_iter=3000, random_state=train.seed))
             clf.fit(x[tr], y[tr])
             p_pred[te] = clf.predict(x[te])
@@ -706,9 +731,18 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
             fit(model, None, fold, TrainSettings(**{**fold_settings.to_dict(), "seed": train.seed + 1 + k}),
                 progress=False, caches=views, keep_best=False, validate=False, stop_after=best_epoch)
             a_pred[te] = cache_logits(model, views["val"], train.eval_batch_size).argmax(1)
+            covered[te] = True
+            folds_run += 1
     finally:
         _load_trainable_state(model, trained_state)
-    return a_pred, p_pred, y
+    return a_pred[covered], p_pred[covered], y[covered], folds_run
+
+
+def _decisive(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> bool:
+    """Does either candidate lead the other by ``z`` standard errors of the paired difference?"""
+    a_ok, p_ok = adapter_pred == y, probe_pred == y
+    b, c = int((a_ok & ~p_ok).sum()), int((~a_ok & p_ok).sum())
+    return abs(b - c) >= max(1.0, z * math.sqrt(b + c))
 
 
 def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[str, Any]:
@@ -783,14 +817,18 @@ def onboard(
     if not register and output is None:
         raise ConfigError("nothing would be kept: give output=DIR (CLI: --out DIR) or leave registration on")
     base_ref = base if isinstance(base, LoadedBase) else resolve_base(base)  # cheap: fail before any work
+    clock = time.perf_counter()
     td = data if isinstance(data, TaskData) else load_task(
         data, text_col=text_col, label_col=label_col, val=val, test=test, seed=train.seed,
         drop_empty=drop_empty, max_per_class=max_per_class)
+    phases: dict[str, float] = {"load_data": time.perf_counter() - clock}
     reg = _registry(registry) if (register or init_from) else None
     if register and not new_labels:
         _check_same_labels(reg, task, td.labels)
+    clock = time.perf_counter()
     lb = base_ref if isinstance(base_ref, LoadedBase) else load_base(base_ref)
     fp_before = lb.fingerprint
+    phases["load_base"] = time.perf_counter() - clock
     seed_everything(train.seed)
 
     parent: dict[str, Any] = {}
@@ -809,12 +847,15 @@ def onboard(
             routing = load_router(reg) or Router()
         trained = train_task(lb, td, lora, train, probe=probe, init=init if init_from else None, progress=progress,
                              router=routing)
+        phases.update(trained.seconds)
         model = trained.model
         trainable = sum(p.numel() for p in model.parameters())
         manifest = _manifest(task, td, lb, lora, train, trained, trainable, parent or None)
+        clock = time.perf_counter()
         # the route intent lets `adaptreg doctor` find a version that a crash left out of the router
         result = _write(task, manifest, model, td.labels, output, overwrite, reg if register else None,
                         tags={ROUTE_TAG: "wanted"} if route else None)
+        phases["write_and_register"] = time.perf_counter() - clock
     finally:
         if trained is not None:
             trained.model.peft_model.unload()  # take the LoRA layers out again; the base module is left as it was
@@ -831,9 +872,12 @@ def onboard(
             same = routing is not None and r.feature_key() == routing.feature_key()
             return (trained.router_features, list(td.train.y)) if same and trained.router_features is not None else None
 
+        clock = time.perf_counter()
         _, router_rec = add_task_to_registry_router(reg, task, lb, version=int(result.version), data=td,
                                                     featurizer=featurizer)
         result.extra["router_version"] = router_rec.get("version")
+        phases["router_update"] = time.perf_counter() - clock
+    result.extra["seconds"] = {k: round(v, 3) for k, v in phases.items()}
     result.extra["probe"] = trained.probe
     return result
 
@@ -912,7 +956,8 @@ def _manifest(task, td, lb, lora, train, trained: "TrainedTask", trainable, pare
         training={**train.to_dict(), "max_length": trained.max_length, "max_length_setting": train.max_length,
                   "truncation": trained.truncation, "split": trained.split,
                   "epochs_run": fit_info["epochs_run"], "epochs_planned": fit_info["epochs_planned"],
-                  "best_epoch": fit_info["best_epoch"], "probe_C": trained.probe_C, "pooling": "mean"},
+                  "best_epoch": fit_info["best_epoch"], "probe_C": trained.probe_C, "pooling": "mean",
+                  "seconds": {k: round(v, 3) for k, v in trained.seconds.items()}},
         history=fit_info["history"],
         report={"per_class": rep["chosen"]["test"]["per_class"], "confusion_matrix": rep["chosen"]["test"]["confusion_matrix"],
                 "probe_confusion_matrix": rep["probe"]["test"]["confusion_matrix"] if "probe" in rep else None})

@@ -246,6 +246,12 @@ def test_cli_onboard_json(tiny_base, toy_csv, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["task"] == "toy" and out["base_unchanged"] is True and 0 <= out["metrics"]["test_accuracy"] <= 1
+    # where the time went: the process's phases in the result, train_task's own in the manifest
+    assert {"load_data", "load_base", "trunk_cache", "probe", "train", "evaluate", "write_and_register"} <= set(out["seconds"])
+    assert all(v >= 0 for v in out["seconds"].values()) and out["training"]["seconds"]["train"] == out["seconds"]["train"]
+    r = CliRunner().invoke(main, ["onboard", "toy", "--data", str(toy_csv), "--base", str(tiny_base), "--epochs", "1",
+                                  "--max-length", "32", "--no-register", "--out", str(tmp_path / "b"), "-q"])
+    assert r.exit_code == 0 and r.stdout.splitlines()[-1].startswith("time "), r.output
 
 
 def test_cli_onboard_deprecated_output_still_works(tiny_base, toy_csv, tmp_path):

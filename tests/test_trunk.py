@@ -177,3 +177,40 @@ def test_router_features_from_the_trunk_cache_match_the_routers_own(base):
     assert np.allclose(router_features_from_cache(base, pooled, texts, inner, 8), inner.features(base, texts), atol=1e-4)
     other = Router(layers=(-1, split - depth - 1), max_length=24)  # layers the cache does not hold: computed
     assert np.allclose(router_features_from_cache(base, cache, texts, other, 8), other.features(base, texts), atol=1e-4)
+
+
+def test_the_cross_validated_decision_stops_once_a_lead_is_decisive(tiny_base):
+    """The cross-validated adapter-or-probe decision looks at the rows covered after each fold and
+    stops early only on a lead of CV_EARLY_Z standard errors; its report says how far it went."""
+    from conftest import make_toy_rows
+
+    from adaptreg.data.tasks import Split, TaskData
+    from adaptreg.train import CV_EARLY_Z, _decisive, train_task
+
+    y = np.array([0] * 20 + [1] * 20)
+    right, wrong = y.copy(), 1 - y
+    assert _decisive(right, wrong, y, CV_EARLY_Z) and _decisive(wrong, right, y, CV_EARLY_Z)
+    half = np.where(np.arange(40) % 2 == 0, y, 1 - y)  # right on every other row: 20 against 20 discordant
+    assert not _decisive(right[:4], half[:4], y[:4], CV_EARLY_Z)  # 2 rows of lead: not enough
+    assert not _decisive(half, half, y, 0.0)  # no discordant rows, no lead
+
+    lb = load_base(str(tiny_base))
+    rows = make_toy_rows(40)
+    labels = sorted({r["label"] for r in rows})
+
+    def split(part):
+        return Split([r["text"] for r in part], [labels.index(r["label"]) for r in part])
+
+    td = TaskData(labels=labels, train=split(rows[:72]), val=split(rows[72:96]), test=split(rows[96:]),
+                  source="toy", fingerprint="")
+    trained = train_task(lb, td, LoraSettings(), TrainSettings(epochs=4, batch_size=8, max_length=32, lr=5e-3),
+                         progress=False)
+    paired = trained.paired
+    # the frozen tiny BERT separates these topics well, the adapter on 64 rows does not: the probe's
+    # lead is decisive before the last fold (seeded: it is the first)
+    assert paired is not None and paired["folds_run"] < 3 and not paired["adapter_wins"], paired
+    assert "stopped after fold" in paired["on"]
+    lead = paired["probe_only"] - paired["adapter_only"]
+    assert lead >= CV_EARLY_Z * np.sqrt(paired["adapter_only"] + paired["probe_only"]), paired
+    assert trained.chosen == "probe"
+    trained.model.peft_model.unload()

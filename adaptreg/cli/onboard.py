@@ -135,6 +135,10 @@ def _human(s: dict[str, Any]) -> str:
         f"(best {s['training']['best_epoch']}), {s['training']['max_length']} tokens ({s['training'].get('truncation', 'head')})",
         f"base unchanged  {s['base_unchanged']}  ({s['base']['fingerprint'][:23]}...)",
     ]
+    if s.get("seconds"):  # where the time went, largest first
+        parts = sorted(s["seconds"].items(), key=lambda kv: -kv[1])
+        lines.append(f"time            {sum(v for _, v in parts):.1f} s: "
+                     + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts if v >= 0.05))
     return "\n".join(lines)
 
 
