@@ -68,6 +68,7 @@ class TrainSettings:
     cv_below: int = field(default=100, metadata={"help": "With a validation split smaller than this, adapter and probe are compared by cross-validation over train + val instead."})
     cv_folds: int = field(default=3, metadata={"help": "Folds of that cross-validation."})
     select_z: float = field(default=1.0, metadata={"help": "The adapter replaces the probe only if it wins on validation by z standard errors of the paired difference (and by one row)."})
+    select_loss_z: float = field(default=2.0, metadata={"help": "Or if it is right on at least as many validation rows and its log-loss, each candidate's temperature fitted on those rows, is lower by this many standard errors of the paired difference (0: accuracy alone decides)."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
     patience: int = field(default=4, metadata={"help": "Early stopping: epochs without validation gain before stopping (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed for split, init, shuffling and dropout."})
@@ -81,7 +82,8 @@ class TrainSettings:
             ("target_steps", self.target_steps >= 1, ">= 1"), ("min_epochs", self.min_epochs >= 1, ">= 1"),
             ("max_epochs", self.max_epochs >= self.min_epochs, ">= min_epochs"),
             ("length_cap", self.length_cap >= 8, ">= 8"), ("adapted_layers", self.adapted_layers >= 0, ">= 0"),
-            ("select_z", self.select_z >= 0, ">= 0"), ("cv_below", self.cv_below >= 0, ">= 0"),
+            ("select_z", self.select_z >= 0, ">= 0"), ("select_loss_z", self.select_loss_z >= 0, ">= 0"),
+            ("cv_below", self.cv_below >= 0, ">= 0"),
             ("cv_folds", self.cv_folds >= 2, ">= 2"), ("cache_ram_mb", self.cache_ram_mb >= 0, ">= 0"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"), ("max_length", self.max_length == 0 or self.max_length >= 8, "0 (automatic) or >= 8"),

@@ -645,10 +645,10 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
         if clf is not None:
             if train.select == "best" and len(td.val) < train.cv_below and train.cv_folds >= 2:
                 t = time.perf_counter()
-                a_pred, p_pred, y_cv, folds = cross_validated_predictions(
+                a_cv, p_cv, y_cv, folds = cross_validated_predictions(
                     model, init_state, td, train, caches, feats, probe_c, fit_info["epochs_planned"],
                     fit_info["best_epoch"] or 1)
-                paired = paired_margin(a_pred, p_pred, y_cv, train.select_z)
+                paired = paired_margin(a_cv, p_cv, y_cv, train.select_z, train.select_loss_z)
                 n_all = len(td.train) + len(td.val)
                 paired["on"] = (f"{train.cv_folds}-fold cross-validation over train + val ({n_all} rows)"
                                 if len(y_cv) == n_all else
@@ -657,7 +657,7 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
                 paired["folds_run"] = folds
                 seconds["cross_validation"] = time.perf_counter() - t
             else:
-                paired = paired_margin(za["val"].argmax(1), zp["val"].argmax(1), ys["val"], train.select_z)
+                paired = paired_margin(za["val"], zp["val"], ys["val"], train.select_z, train.select_loss_z)
                 paired["on"] = f"validation ({len(ys['val'])} rows)"
             if train.select == "best" and not paired["adapter_wins"]:
                 chosen = "probe"
@@ -690,13 +690,13 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     main run's starting point) and trains them on the other folds as the registered adapter was
     trained: the same ``epochs``-epoch schedule, stopped after ``best_epoch`` (the checkpoint the
     main run kept); a probe with the main probe's C is fitted alike. The main run's trained weights
-    are put back afterwards: the fold models only inform the choice.
+    are put back afterwards: the fold models only inform the choice. The predictions are logits.
 
     Sequential: after each fold but the last, the rows covered so far are checked, and a lead of
     ``max(CV_EARLY_Z, select_z)`` standard errors of the paired difference (see
     :func:`paired_margin`) for either candidate ends the loop, since the remaining folds could not
-    plausibly overturn it. Returns the predictions and labels of the covered rows and the number of
-    folds run."""
+    plausibly overturn it. Returns both candidates' logits and the labels of the covered rows, and
+    the number of folds run."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -712,30 +712,32 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     n_splits = int(min(train.cv_folds, np.bincount(y).min()))
     if n_splits < 2:
         raise ConfigError("a class has a single example in train + val: cannot cross-validate; pass --select adapter")
-    a_pred, p_pred = np.zeros(len(y), dtype=int), np.zeros(len(y), dtype=int)
+    a_logits = np.zeros((len(y), len(td.labels)), dtype=np.float64)
+    p_logits = np.zeros_like(a_logits)
     fold_settings = TrainSettings(**{**train.to_dict(), "epochs": int(epochs), "patience": 0})
     trained_state = _trainable_state(model)
     covered = np.zeros(len(y), dtype=bool)
     folds_run = 0
     try:
         for k, (tr, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=train.seed).split(x, y)):
-            if folds_run and _decisive(a_pred[covered], p_pred[covered], y[covered], max(CV_EARLY_Z, train.select_z)):
+            if folds_run and _decisive(a_logits[covered].argmax(1), p_logits[covered].argmax(1), y[covered],
+                                       max(CV_EARLY_Z, train.select_z)):
                 break
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe_c, max_iter=3000, random_state=train.seed))
             clf.fit(x[tr], y[tr])
-            p_pred[te] = clf.predict(x[te])
+            p_logits[te] = probe_logits(clf, x[te])
             _load_trainable_state(model, init_state)
             fold = TaskData(labels=td.labels, train=Split([""] * len(tr), y[tr].tolist()),
                             val=Split([""] * len(te), y[te].tolist()), test=Split([], []), source="fold", fingerprint="")
             views = {"train": CacheView([rows[i] for i in tr]), "val": CacheView([rows[i] for i in te])}
             fit(model, None, fold, TrainSettings(**{**fold_settings.to_dict(), "seed": train.seed + 1 + k}),
                 progress=False, caches=views, keep_best=False, validate=False, stop_after=best_epoch)
-            a_pred[te] = cache_logits(model, views["val"], train.eval_batch_size).argmax(1)
+            a_logits[te] = cache_logits(model, views["val"], train.eval_batch_size)
             covered[te] = True
             folds_run += 1
     finally:
         _load_trainable_state(model, trained_state)
-    return a_pred[covered], p_pred[covered], y[covered], folds_run
+    return a_logits[covered], p_logits[covered], y[covered], folds_run
 
 
 def _decisive(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> bool:
@@ -745,7 +747,7 @@ def _decisive(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> bool:
     return abs(b - c) >= max(1.0, z * math.sqrt(b + c))
 
 
-def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[str, Any]:
+def paired_margin(adapter_logits: Any, probe_logits_: Any, y: Any, z: float, loss_z: float = 0.0) -> dict[str, Any]:
     """Does the adapter beat the probe on validation by more than noise?
 
     Paired on the same rows: ``b`` rows only the adapter gets right, ``c`` rows only the probe gets
@@ -753,14 +755,50 @@ def paired_margin(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> dict[
     behind McNemar's), so the adapter wins when ``b - c >= max(1, z * sqrt(b + c))``. On a
     45-row validation split a 3-row lead with 5 discordant rows is not enough at z = 1; a real
     gain of several points is. Ties and noise keep the probe, which cannot be worse than itself.
+
+    Accuracy alone is a blunt count on a small split: two candidates right on the same rows tie,
+    however differently sure they are. So with ``loss_z`` > 0 the adapter also wins when it is
+    right on at least as many rows (``b >= c``) and its per-row log-loss is lower than the probe's
+    by ``loss_z`` standard errors of the paired difference. Each candidate's logits are first
+    divided by the temperature that fits them best on these rows, so a probe that is merely
+    under- or over-confident is not penalised for it: what is compared is how well each separates
+    the classes.
     """
     import numpy as np
 
-    a_ok = np.asarray(adapter_pred) == np.asarray(y)
-    p_ok = np.asarray(probe_pred) == np.asarray(y)
+    za, zp, y = np.asarray(adapter_logits, dtype=np.float64), np.asarray(probe_logits_, dtype=np.float64), np.asarray(y)
+    a_ok, p_ok = za.argmax(1) == y, zp.argmax(1) == y
     b, c = int((a_ok & ~p_ok).sum()), int((~a_ok & p_ok).sum())
     need = max(1.0, float(z) * math.sqrt(b + c))
-    return {"adapter_only": b, "probe_only": c, "needed": need, "z": float(z), "adapter_wins": (b - c) >= need}
+    out: dict[str, Any] = {"adapter_only": b, "probe_only": c, "needed": need, "z": float(z),
+                           "adapter_wins": (b - c) >= need, "won_on": "accuracy" if (b - c) >= need else None}
+    if loss_z > 0 and len(y) > 1:
+        la, lp = calibrated_nll(za, y), calibrated_nll(zp, y)
+        d = lp - la
+        se = float(d.std(ddof=1)) / math.sqrt(len(d))
+        score = float(d.mean()) / se if se > 0 else 0.0
+        out.update({"adapter_loss": float(la.mean()), "probe_loss": float(lp.mean()), "loss_z_score": score,
+                    "loss_z": float(loss_z)})
+        if not out["adapter_wins"] and b >= c and score >= loss_z:
+            out["adapter_wins"], out["won_on"] = True, "calibrated log-loss"
+    return out
+
+
+def calibrated_nll(logits: Any, y: Any) -> Any:
+    """Per-row negative log-likelihood of ``logits`` divided by the temperature (0.02..50) that
+    minimises their mean on these rows."""
+    import numpy as np
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(y)
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> Any:
+        return -log_softmax(z / math.exp(log_t), axis=1)[rows, y]
+
+    best = minimize_scalar(lambda t: float(nll(t).mean()), bounds=(-4.0, 4.0), method="bounded")
+    return nll(float(best.x))
 
 
 # --------------------------------------------------------------------------- onboarding

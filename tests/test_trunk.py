@@ -214,3 +214,33 @@ def test_the_cross_validated_decision_stops_once_a_lead_is_decisive(tiny_base):
     assert lead >= CV_EARLY_Z * np.sqrt(paired["adapter_only"] + paired["probe_only"]), paired
     assert trained.chosen == "probe"
     trained.model.peft_model.unload()
+
+
+def test_the_decision_weighs_calibrated_log_loss_when_accuracy_ties():
+    """Right on the same rows, the adapter that separates the classes far better wins on calibrated
+    log-loss; a probe that is only less sure of the same answers is not beaten by its temperature;
+    and a candidate right on fewer rows never wins on loss."""
+    from adaptreg.train import calibrated_nll, paired_margin
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    onehot = np.eye(3)[y]
+    probe = 1.5 * onehot + rng.normal(0, 1, (200, 3))
+    right = probe.argmax(1) == y
+    sharp = probe + 4.0 * onehot * right[:, None]  # right on exactly the probe's rows, by far wider margins
+    assert 0.6 < right.mean() < 0.9 and (sharp.argmax(1) == probe.argmax(1)).all()
+    out = paired_margin(sharp, probe, y, 1.0, 2.0)
+    assert out["adapter_only"] == out["probe_only"] == 0 and out["adapter_wins"] and out["won_on"] == "calibrated log-loss"
+    assert paired_margin(sharp, probe, y, 1.0, 0.0)["adapter_wins"] is False  # accuracy alone: a tie keeps the probe
+    # the same logits only scaled: a temperature undoes it, so the loss cannot decide
+    out = paired_margin(probe * 3.0, probe, y, 1.0, 2.0)
+    assert not out["adapter_wins"] and abs(out["loss_z_score"]) < 1e-3, out
+    assert np.allclose(calibrated_nll(probe * 3.0, y), calibrated_nll(probe, y), atol=1e-4)
+    # the adapter wrong on one row the probe gets right: b < c, the loss does not overrule accuracy
+    worse = sharp.copy()
+    k = int(np.flatnonzero(right)[0])
+    worse[k] = 0.0
+    worse[k, (y[k] + 1) % 3] = 0.1  # wrong, but only just: its log-loss still leads by far
+    out = paired_margin(worse, probe, y, 1.0, 2.0)
+    assert out["probe_only"] == 1 and out["adapter_only"] == 0 and out["loss_z_score"] > 2.0, out
+    assert not out["adapter_wins"], out
