@@ -1,10 +1,12 @@
 """Is bf16 autocast worth it on this CPU, and what does each adapted-layer count cost? Branch
-training steps and full inference forwards, fp32 vs ``torch.autocast("cpu", dtype=torch.bfloat16)``,
+training steps, full inference forwards, the trunk cache's pass and the predictor's packed pass,
+fp32 vs ``torch.autocast("cpu", dtype=torch.bfloat16)``,
 fp32 training steps with 1, 2, 3 and all 6 layers adapted (the trunk cached), and a 2-layer step
 with the frozen layers' own dropout on vs off (onboarding's ``--base-dropout``), side by side in
 one process.
 
 usage: python benchmarks/bench_bf16.py [--steps 20] [--length 128] [--json out.json]
+       [--registry DIR --task NAME --data CATALOG [--max-per-class N]]  (also Predictor.predict end to end)
 
 Random token states / ids of MiniLM's shape (the speed of a matmul does not depend on the values).
 Rounds alternate fp32 and bf16 so that machine load hits both alike; the median is reported.
@@ -26,6 +28,10 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--registry", default=None, help="also time Predictor.predict end to end on a registered task")
+    ap.add_argument("--task", default=None, help="the registered task (with --registry)")
+    ap.add_argument("--data", default=None, help="its catalog data: validation texts and 300 training texts are predicted")
+    ap.add_argument("--max-per-class", type=int, default=None, help="the cap it was onboarded with (the same split)")
     args = ap.parse_args()
 
     import torch
@@ -74,11 +80,70 @@ def main() -> None:
             m.from_trunk(h, mask).sum().backward()
             times[f"train_adapted_{adapted}"].append(time.perf_counter() - t)
         pm.unload()
+    # where onboarding and prediction run frozen layers: the trunk cache's padded pass (4 layers)
+    # and the predictor's packed pass (all 6), fp32 against bf16 rounds alternating; and how far
+    # bf16 moves the cached states (mean |difference| over mean |state|)
+    from adaptreg.trunk import Packing, TrunkCache, packed_embed, packed_layer
+
+    rows = [ids[i, : args.length - 8 * (i % 8)].tolist() for i in range(ids.shape[0])]  # lengths vary a little
+    layers = list(lb.model.encoder.layer)
+    heads = int(lb.model.config.num_attention_heads)
+    caches = {}
+    for key in ("cache_fp32", "cache_bf16", "packed_fp32", "packed_bf16"):
+        times[key] = []
+    for step in range(max(4, args.steps // 2)):
+        for bf16 in (False, True):
+            tag = "bf16" if bf16 else "fp32"
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                t = time.perf_counter()
+                caches[tag] = TrunkCache(lb.model, lb.tokenizer, [""] * len(rows), args.length, 4, batch_size=64, ids=rows)
+                times[f"cache_{tag}"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    pk = Packing([len(r) for r in rows])
+                    hp = packed_embed(lb.model, rows, pk)
+                    for layer in layers:
+                        hp = packed_layer(layer, hp, pk, heads)
+                times[f"packed_{tag}"].append(time.perf_counter() - t)
+    a = caches["fp32"].data.astype("float32")
+    cache_rel_diff = float(abs(a - caches["bf16"].data.astype("float32")).mean() / abs(a).mean())
+    predictor = predict_end_to_end(args, times) if args.registry else None
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
     emit({"cpu_avx512_bf16": "avx512_bf16" in cpu_flags, "cpu_amx_bf16": "amx_bf16" in cpu_flags,
           "threads": torch.get_num_threads(), "length": args.length, "batch": args.batch,
           "median_seconds": med, "speedup_train": med["train_fp32"] / med["train_bf16"],
-          "speedup_inference": med["infer_fp32"] / med["infer_bf16"]}, args.json)
+          "speedup_inference": med["infer_fp32"] / med["infer_bf16"],
+          "speedup_trunk_cache": med["cache_fp32"] / med["cache_bf16"],
+          "speedup_packed_predict": med["packed_fp32"] / med["packed_bf16"],
+          "trunk_cache_relative_difference": cache_rel_diff,
+          **({"predictor": {**predictor, "speedup": med["predict_fp32"] / med["predict_bf16"]}} if predictor else {})},
+         args.json)
+
+
+def predict_end_to_end(args: argparse.Namespace, times: dict[str, list[float]]) -> dict:
+    """``Predictor.predict`` of a registered task under autocast vs fp32: time, and whether the
+    labels stay the same (agreement, accuracy of each)."""
+    import torch
+
+    from adaptreg.compose.predict import Predictor
+    from adaptreg.data.tasks import load_task
+
+    td = load_task(args.data, seed=0, max_per_class=args.max_per_class)
+    texts = list(td.val.texts) + list(td.train.texts[:300])
+    y = [td.labels[i] for i in list(td.val.y) + list(td.train.y[:300])]
+    p = Predictor(args.registry, tasks=[args.task], router=False)
+    labels = {}
+    times["predict_fp32"], times["predict_bf16"] = [], []
+    for step in range(4):
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                t = time.perf_counter()
+                out = p.predict(texts, task=args.task)
+                times["predict_bf16" if bf16 else "predict_fp32"].append(time.perf_counter() - t)
+            labels[bf16] = [o["label"] for o in out]
+    return {"rows": len(texts), "agreement": sum(a == b for a, b in zip(labels[False], labels[True])) / len(texts),
+            "accuracy_fp32": sum(a == b for a, b in zip(labels[False], y)) / len(y),
+            "accuracy_bf16": sum(a == b for a, b in zip(labels[True], y)) / len(y)}
 
 
 if __name__ == "__main__":

@@ -131,6 +131,22 @@ def test_mixed_batch_equals_per_task_row_by_row(world, predictor):
     assert any(a["label"] != b["label"] for a, b in zip(mixed, other))
 
 
+def test_bf16_prediction_stays_close_to_float32(world, predictor):
+    """bf16 autocast changes the numbers a little, not the answers: routed and per-task rows keep
+    their task and (here) their label, confidences within a few hundredths, still Python floats."""
+    tasks, texts = _mixed(world)
+    fast = Predictor.from_artifacts(world["lb"], world["ads"], router=world["router"], bf16=True)
+    for how in (tasks, None):
+        want, got = predictor.predict(texts, task=how), fast.predict(texts, task=how)
+        assert [r["task"] for r in got] == [r["task"] for r in want]
+        agree = sum(a["label"] == b["label"] for a, b in zip(got, want)) / len(want)
+        assert agree >= 0.9, agree
+        assert all(isinstance(r["confidence"], float) for r in got if r["confidence"] is not None)
+        close = [abs(a["confidence"] - b["confidence"]) for a, b in zip(got, want) if a["label"] == b["label"]]
+        assert max(close) < 0.05, close
+    assert not predictor.bf16 and fast.bf16
+
+
 def test_mixed_batch_matches_a_plain_single_adapter_model(world, predictor):
     """Cross-check against PEFT with only one adapter loaded (no mixed-batch machinery)."""
     import torch
@@ -247,6 +263,12 @@ def test_predictor_from_registry_and_cli(world, tmp_path, tmp_path_factory):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert [r["task"] for r in data] == ["senti", "senti"] and [r["text"] for r in data] == texts[:2]
+    res = runner.invoke(main, ["predict", "--text", texts[0], "--text", texts[1], "--task", "senti", "--json", "--bf16",
+                               "--registry", str(tmp_path / "reg")])
+    assert res.exit_code == 0 and [r["task"] for r in json.loads(res.stdout)] == ["senti", "senti"], res.output
+    res = runner.invoke(main, ["predict", "--text", "x", "--task", "senti", "--stack", "topic", "--bf16",
+                               "--registry", str(tmp_path / "reg")])
+    assert res.exit_code == 2 and "--bf16" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["predict", "--registry", str(tmp_path / "reg")])
     assert res.exit_code == 2 and "either --data" in res.output
     res = runner.invoke(main, ["route", "show", "--json", "--registry", str(tmp_path / "reg")])

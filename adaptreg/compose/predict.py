@@ -141,7 +141,7 @@ def _low_rank(updates: dict[str, list[tuple]], tokens: int) -> Any:
         y = module(x)
         if name in stacked:
             a, mask, b = stacked[name]
-            return y.addmm_((x @ a).mul_(mask), b)
+            return y.addmm_((x @ a).mul_(mask).to(y.dtype), b.to(y.dtype))  # in place: no autocast, so match y
         for spans, a, b in updates.get(name, ()):
             for lo, hi in spans:
                 y[lo:hi] += (x[lo:hi] @ a) @ b
@@ -160,11 +160,13 @@ class Predictor:
     ``branch_cache``: where folded branches are kept, keyed by ``(adapter directory, split)``; a
     private dict by default. A mapping shared by predictors on the same loaded base (and allowed
     to evict, e.g. :class:`adaptreg.serve.cache.BranchCache`) lets them fold each adapter once.
+    ``bf16``: run the layers' passes under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+    (faster on CPUs with AVX-512 bf16 or AMX); the router and the heads stay in float32.
     """
 
     def __init__(self, registry: Any = None, base: str | LoadedBase = "minilm", tasks: Sequence[str] | None = None,
                  alias: str | None = "production", router: Router | bool | None = None, threshold: float | None = None,
-                 *, branch_cache: MutableMapping[Any, list[Any]] | None = None):
+                 *, branch_cache: MutableMapping[Any, list[Any]] | None = None, bf16: bool = False):
         from ..registry import as_registry
 
         reg = as_registry(registry)
@@ -181,27 +183,28 @@ class Predictor:
             from .routing import load_router
 
             router = load_router(reg)
-        self._setup(lb, paths, router or None, threshold, branch_cache)
+        self._setup(lb, paths, router or None, threshold, branch_cache, bf16)
         for t, v in versions.items():
             self._entries[t].version = v
 
     @classmethod
     def from_artifacts(cls, base: LoadedBase, artifacts: dict[str, str | os.PathLike], router: Router | None = None,
                        threshold: float | None = None, *,
-                       branch_cache: MutableMapping[Any, list[Any]] | None = None) -> "Predictor":
+                       branch_cache: MutableMapping[Any, list[Any]] | None = None, bf16: bool = False) -> "Predictor":
         """Build from adapter directories ``{task: dir}`` (verified, base-checked) and an optional router."""
         obj = cls.__new__(cls)
-        obj._setup(base, {t: str(p) for t, p in artifacts.items()}, router, threshold, branch_cache)
+        obj._setup(base, {t: str(p) for t, p in artifacts.items()}, router, threshold, branch_cache, bf16)
         return obj
 
     # ------------------------------------------------------------------ set-up
     def _setup(self, base: LoadedBase, paths: dict[str, str], router: Router | None, threshold: float | None,
-               branch_cache: MutableMapping[Any, list[Any]] | None = None) -> None:
+               branch_cache: MutableMapping[Any, list[Any]] | None = None, bf16: bool = False) -> None:
         import torch
 
         if not paths:
             raise ConfigError("no adapters given: pass at least one task")
         self.base = base
+        self.bf16 = bool(bf16)
         self.router = router
         self.threshold = threshold
         self._torch = torch
@@ -275,6 +278,11 @@ class Predictor:
         return branch
 
     # ------------------------------------------------------------------ passes
+    def _autocast(self) -> Any:
+        """bf16 autocast for the layers' passes when ``bf16`` (pooled states come back as float32;
+        the heads and the router stay in float32)."""
+        return self._torch.autocast("cpu", dtype=self._torch.bfloat16, enabled=self.bf16)
+
     def _trunk(self, ids: list[list[int]], batch_size: int, collect: Sequence[int] = ()) -> tuple[list[Any], Any]:
         """Trunk states per row (``[len, hidden]`` tensors) and, for ``collect`` (hidden-state
         indices; beyond the trunk the frozen layers run on), mean-pooled features side by side."""
@@ -283,7 +291,7 @@ class Predictor:
         width = self.base.hidden_size * len(collect)
         feats = torch.zeros((len(ids), width)) if collect else None
         pad_id = self.base.tokenizer.pad_token_id or 0
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for idx in length_batches([len(x) for x in ids], batch_size):
                 if self._packed:
                     pk = Packing([len(ids[i]) for i in idx])
@@ -310,7 +318,7 @@ class Predictor:
         torch = self._torch
         branch = self._branch(e)
         out = torch.zeros((len(states), self.base.hidden_size))
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for idx in length_batches([s.shape[0] for s in states], batch_size):
                 if self._packed:
                     pk = Packing([states[i].shape[0] for i in idx])
@@ -343,7 +351,7 @@ class Predictor:
         # each task's largest rank over its modules: what it adds to one masked product (_low_rank)
         rank = [max((a.shape[1] for mods in (br or {}).values() for a, _ in mods.values()), default=0) for _, br in groups]
         out = torch.zeros((len(rows), self.base.hidden_size))
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for idx in length_batches(lengths, batch_size):
                 # rows in length order (attention pads little: Packing.groups); but where the tasks' ranks
                 # are too many for one masked product, each task's rows together (one span per task)
