@@ -46,7 +46,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: 
     if truncation == "head":
         return [list(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     out = []
-    for ids in tokenizer(list(texts))["input_ids"]:  # special tokens included: [CLS] ... [SEP] stay at the ends
+    for ids in tokenizer(list(texts), verbose=False)["input_ids"]:  # special tokens included: [CLS] ... [SEP] stay at the ends
         ids = list(ids)
         if len(ids) > max_length:
             head = int(max_length * HEAD_SHARE)
@@ -57,7 +57,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: 
 
 def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Untruncated token count of each text, special tokens included."""
-    return np.asarray([len(ids) for ids in tokenizer(list(texts))["input_ids"]])
+    return np.asarray([len(ids) for ids in tokenizer(list(texts), verbose=False)["input_ids"]])
 
 
 def auto_max_length(tokenizer: Any, texts: Sequence[str], cap: int, quantile: float = 0.9, multiple: int = 16) -> int:
