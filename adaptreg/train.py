@@ -645,14 +645,14 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
         if clf is not None:
             if train.select == "best" and len(td.val) < train.cv_below and train.cv_folds >= 2:
                 t = time.perf_counter()
-                a_cv, p_cv, y_cv, folds = cross_validated_predictions(
+                a_cv, p_cv, y_cv, folds, n_splits = cross_validated_predictions(
                     model, init_state, td, train, caches, feats, probe_c, fit_info["epochs_planned"],
                     fit_info["best_epoch"] or 1)
                 paired = paired_margin(a_cv, p_cv, y_cv, train.select_z, train.select_loss_z)
                 n_all = len(td.train) + len(td.val)
-                paired["on"] = (f"{train.cv_folds}-fold cross-validation over train + val ({n_all} rows)"
+                paired["on"] = (f"{n_splits}-fold cross-validation over train + val ({n_all} rows)"
                                 if len(y_cv) == n_all else
-                                f"{train.cv_folds}-fold cross-validation over train + val, stopped after fold {folds} "
+                                f"{n_splits}-fold cross-validation over train + val, stopped after fold {folds} "
                                 f"({len(y_cv)} of {n_all} rows): the lead was already decisive")
                 paired["folds_run"] = folds
                 seconds["cross_validation"] = time.perf_counter() - t
@@ -684,7 +684,7 @@ CV_EARLY_Z = 2.5  # an early look at the folds ends the cross-validation only on
 
 def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td: TaskData, train: TrainSettings,
                                 caches: dict[str, Any], feats: dict[str, Any], probe_c: float,
-                                epochs: int, best_epoch: int) -> tuple[Any, Any, Any, int]:
+                                epochs: int, best_epoch: int) -> tuple[Any, Any, Any, int, int]:
     """Out-of-fold predictions of both candidates over train + val, for a validation split too small
     to tell them apart. Each fold restarts ``model``'s adapter and head from ``init_state`` (the
     main run's starting point) and trains them on the other folds as the registered adapter was
@@ -695,8 +695,8 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     Sequential: after each fold but the last, the rows covered so far are checked, and a lead of
     ``max(CV_EARLY_Z, select_z)`` standard errors of the paired difference (see
     :func:`paired_margin`) for either candidate ends the loop, since the remaining folds could not
-    plausibly overturn it. Returns both candidates' logits and the labels of the covered rows, and
-    the number of folds run."""
+    plausibly overturn it. Returns both candidates' logits and the labels of the covered rows, the
+    number of folds run and the number of folds (fewer than ``cv_folds`` when a class is rarer)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -737,7 +737,7 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
             folds_run += 1
     finally:
         _load_trainable_state(model, trained_state)
-    return a_logits[covered], p_logits[covered], y[covered], folds_run
+    return a_logits[covered], p_logits[covered], y[covered], folds_run, n_splits
 
 
 def _decisive(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> bool:
@@ -785,8 +785,8 @@ def paired_margin(adapter_logits: Any, probe_logits_: Any, y: Any, z: float, los
 
 
 def calibrated_nll(logits: Any, y: Any) -> Any:
-    """Per-row negative log-likelihood of ``logits`` divided by the temperature (0.02..50) that
-    minimises their mean on these rows."""
+    """Per-row negative log-likelihood of ``logits`` divided by the temperature (searched over
+    e^-4..e^4, about 0.02..55) that minimises their mean on these rows."""
     import numpy as np
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax

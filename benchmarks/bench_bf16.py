@@ -6,7 +6,8 @@ with the frozen layers' own dropout on vs off (onboarding's ``--base-dropout``),
 one process.
 
 usage: python benchmarks/bench_bf16.py [--steps 20] [--length 128] [--json out.json]
-       [--registry DIR --task NAME --data CATALOG [--max-per-class N]]  (also Predictor.predict end to end)
+       [--registry DIR --task NAME --data CATALOG | --artifacts DIR] [--max-per-class N]
+       (also Predictor.predict end to end)
 
 Random token states / ids of MiniLM's shape (the speed of a matmul does not depend on the values).
 Rounds alternate fp32 and bf16 so that machine load hits both alike; the median is reported.
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--json", default=None)
     ap.add_argument("--registry", default=None, help="also time Predictor.predict end to end on a registered task")
+    ap.add_argument("--artifacts", default=None, help="... or on a folder of adapter folders named by catalog task")
     ap.add_argument("--task", default=None, help="the registered task (with --registry)")
     ap.add_argument("--data", default=None, help="its catalog data: validation texts and 300 training texts are predicted")
     ap.add_argument("--max-per-class", type=int, default=None, help="the cap it was onboarded with (the same split)")
@@ -107,7 +109,7 @@ def main() -> None:
                 times[f"packed_{tag}"].append(time.perf_counter() - t)
     a = caches["fp32"].data.astype("float32")
     cache_rel_diff = float(abs(a - caches["bf16"].data.astype("float32")).mean() / abs(a).mean())
-    predictor = predict_end_to_end(args, times) if args.registry else None
+    predictor = predict_end_to_end(args, times) if (args.registry or args.artifacts) else None
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
     emit({"cpu_avx512_bf16": "avx512_bf16" in cpu_flags, "cpu_amx_bf16": "amx_bf16" in cpu_flags,
           "threads": torch.get_num_threads(), "length": args.length, "batch": args.batch,
@@ -121,29 +123,47 @@ def main() -> None:
 
 
 def predict_end_to_end(args: argparse.Namespace, times: dict[str, list[float]]) -> dict:
-    """``Predictor.predict`` of a registered task under autocast vs fp32: time, and whether the
-    labels stay the same (agreement, accuracy of each)."""
-    import torch
+    """``Predictor.predict`` under autocast vs fp32, every task's rows in one mixed call (each row
+    with its own task, no routing): time, and whether the labels stay the same (agreement, and the
+    accuracy of each). Rows: each task's validation split and up to 300 of its training rows."""
+    from pathlib import Path
 
+    from adaptreg.base import load_base
     from adaptreg.compose.predict import Predictor
     from adaptreg.data.tasks import load_task
 
-    td = load_task(args.data, seed=0, max_per_class=args.max_per_class)
-    texts = list(td.val.texts) + list(td.train.texts[:300])
-    y = [td.labels[i] for i in list(td.val.y) + list(td.train.y[:300])]
-    p = Predictor(args.registry, tasks=[args.task], router=False)
+    if args.artifacts:
+        dirs = {d.name: str(d) for d in sorted(Path(args.artifacts).iterdir()) if (d / "manifest.json").is_file()}
+        p = Predictor.from_artifacts(load_base("minilm"), dirs)
+        tasks = {t: t for t in dirs}  # folder name = catalog name
+    else:
+        p = Predictor(args.registry, tasks=[args.task], router=False)
+        tasks = {args.task: args.data}
+    texts, want, names = [], [], []
+    for task, data in tasks.items():
+        td = load_task(data, seed=0, max_per_class=args.max_per_class)
+        rows = list(zip(td.val.texts, td.val.y)) + list(zip(td.train.texts[:300], td.train.y[:300]))
+        texts += [t for t, _ in rows]
+        want += [td.labels[y] for _, y in rows]
+        names += [task] * len(rows)
     labels = {}
     times["predict_fp32"], times["predict_bf16"] = [], []
     for step in range(4):
         for bf16 in (False, True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                t = time.perf_counter()
-                out = p.predict(texts, task=args.task)
-                times["predict_bf16" if bf16 else "predict_fp32"].append(time.perf_counter() - t)
+            p.bf16 = bf16
+            t = time.perf_counter()
+            out = p.predict(texts, task=names)
+            times["predict_bf16" if bf16 else "predict_fp32"].append(time.perf_counter() - t)
             labels[bf16] = [o["label"] for o in out]
+    per_task = {}
+    for task in tasks:
+        idx = [i for i, n in enumerate(names) if n == task]
+        per_task[task] = {"rows": len(idx),
+                          "agreement": sum(labels[False][i] == labels[True][i] for i in idx) / len(idx),
+                          "accuracy_fp32": sum(labels[False][i] == want[i] for i in idx) / len(idx),
+                          "accuracy_bf16": sum(labels[True][i] == want[i] for i in idx) / len(idx)}
     return {"rows": len(texts), "agreement": sum(a == b for a, b in zip(labels[False], labels[True])) / len(texts),
-            "accuracy_fp32": sum(a == b for a, b in zip(labels[False], y)) / len(y),
-            "accuracy_bf16": sum(a == b for a, b in zip(labels[True], y)) / len(y)}
+            "per_task": per_task}
 
 
 if __name__ == "__main__":
