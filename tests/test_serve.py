@@ -139,6 +139,20 @@ def test_predict_answers_like_the_predictor_with_versions(served):
         assert client.app.state.manager.current("canary").versions == {"topic": 1, "senti": 1}
 
 
+def test_bf16_setting_reaches_the_served_predictor(served):
+    """ServeSettings(bf16=True) serves with the layers under bf16 autocast: same tasks as the
+    float32 predictor, labels all but unchanged."""
+    lb, texts = served["lb"], served["texts"]
+    want = Predictor(served["reg"], base=lb).predict(texts)
+    with make_client(served, bf16=True) as client:
+        assert client.app.state.manager.current().predictor.bf16
+        res = client.post("/predict", json={"texts": texts})
+        assert res.status_code == 200, res.text
+        got = res.json()["predictions"]
+    assert [r["task"] for r in got] == [r["task"] for r in want]
+    assert sum(g["label"] == w["label"] for g, w in zip(got, want)) >= 0.9 * len(want)
+
+
 def test_bad_requests_get_one_line_json_errors(served):
     cases = [
         ({"texts": []}, 422, "texts is empty"),

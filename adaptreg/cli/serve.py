@@ -53,11 +53,12 @@ def one_blas_thread() -> None:
 @click.option("--max-queue", type=click.IntRange(1), default=16384, show_default=True, help=_help("max_queue"))
 @click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=16.0, show_default=True,
               help=_help("max_body_mb"))
+@click.option("--bf16", is_flag=True, help=_help("bf16"))
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
 def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: str | None, task_list: str | None,
           alias: str, threshold: float | None, max_batch: int, max_wait_ms: float, batch_size: int, poll_s: float,
           max_adapters: int, max_aliases: int, max_texts: int, max_chars: int, max_queue: int, max_body_mb: float,
-          access_log: bool) -> None:
+          bf16: bool, access_log: bool) -> None:
     """Serve every task in the registry over HTTP: POST /predict, GET /tasks, /healthz, /metrics.
 
     Loads the base once and each task's version under --alias (else its latest), routes texts
@@ -83,7 +84,7 @@ def serve(host: str, port: int, allow_remote: bool, registry: str | None, base: 
                              threshold=threshold, host=host, port=port, allow_remote=allow_remote, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, batch_size=batch_size, poll_s=poll_s, max_adapters=max_adapters,
                              max_aliases=max_aliases, max_texts=max_texts, max_chars=max_chars, max_queue=max_queue,
-                             max_body_mb=max_body_mb)
+                             max_body_mb=max_body_mb, bf16=bf16)
     # bind first: a port in use fails in a second, not after loading the models
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]

@@ -35,6 +35,7 @@ class ServeSettings:
     max_batch: int = field(default=64, metadata={"help": "Micro-batching: most rows one inference call takes."})
     max_wait_ms: float = field(default=5.0, metadata={"help": "Micro-batching: longest a request waits for others to join its batch."})
     batch_size: int = field(default=32, metadata={"help": "Rows per forward pass inside one inference call."})
+    bf16: bool = field(default=False, metadata={"help": "Run the layers under bf16 autocast (faster on CPUs with AVX-512 bf16 or AMX; see docs/benchmarks.md)."})
     poll_s: float = field(default=2.0, metadata={"help": "Seconds between registry checks for promoted, new or archived versions (0 = never)."})
     max_adapters: int = field(default=16, metadata={"help": "Adapter branches kept in memory (least recently used evicted)."})
     max_aliases: int = field(default=4, metadata={"help": "Aliases requests may name that are kept loaded at once, the default one included."})

@@ -257,7 +257,7 @@ class SnapshotManager:
                                     "; ".join(f"{t}: {why}" for t, why in skipped.items()))
             raise NotFoundError(f"no tasks in the registry at {reg.location.display}: onboard one with `adaptreg onboard`")
         pred = Predictor(reg, base=lb, tasks=list(versions), alias=alias, router=None,
-                         threshold=self.settings.threshold, branch_cache=self.cache)
+                         threshold=self.settings.threshold, branch_cache=self.cache, bf16=self.settings.bf16)
         served = {t: e.version for t, e in pred._entries.items()}  # what was loaded, even if it moved meanwhile
         router_version = getattr(pred.router, "registry_version_", None) if pred.router is not None else None
         if alias == self.settings.alias:
