@@ -161,7 +161,8 @@ class Predictor:
     private dict by default. A mapping shared by predictors on the same loaded base (and allowed
     to evict, e.g. :class:`adaptreg.serve.cache.BranchCache`) lets them fold each adapter once.
     ``bf16``: run the layers' passes under ``torch.autocast("cpu", dtype=torch.bfloat16)``
-    (faster on CPUs with AVX-512 bf16 or AMX); the router and the heads stay in float32.
+    (faster on CPUs with AVX-512 bf16 or AMX); the router's distances and the heads are computed
+    in float32, on features those passes produced.
     """
 
     def __init__(self, registry: Any = None, base: str | LoadedBase = "minilm", tasks: Sequence[str] | None = None,
@@ -279,8 +280,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ passes
     def _autocast(self) -> Any:
-        """bf16 autocast for the layers' passes when ``bf16`` (pooled states come back as float32;
-        the heads and the router stay in float32)."""
+        """bf16 autocast for the layers' passes when ``bf16`` (pooled states come back as float32,
+        and the heads and the router's distances are computed outside it)."""
         return self._torch.autocast("cpu", dtype=self._torch.bfloat16, enabled=self.bf16)
 
     def _trunk(self, ids: list[list[int]], batch_size: int, collect: Sequence[int] = ()) -> tuple[list[Any], Any]:
