@@ -740,10 +740,15 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     return a_logits[covered], p_logits[covered], y[covered], folds_run, n_splits
 
 
+def _discordant(adapter_pred: Any, probe_pred: Any, y: Any) -> tuple[int, int]:
+    """Rows only the adapter gets right, rows only the probe gets right."""
+    a_ok, p_ok = adapter_pred == y, probe_pred == y
+    return int((a_ok & ~p_ok).sum()), int((~a_ok & p_ok).sum())
+
+
 def _decisive(adapter_pred: Any, probe_pred: Any, y: Any, z: float) -> bool:
     """Does either candidate lead the other by ``z`` standard errors of the paired difference?"""
-    a_ok, p_ok = adapter_pred == y, probe_pred == y
-    b, c = int((a_ok & ~p_ok).sum()), int((~a_ok & p_ok).sum())
+    b, c = _discordant(adapter_pred, probe_pred, y)
     return abs(b - c) >= max(1.0, z * math.sqrt(b + c))
 
 
@@ -767,8 +772,7 @@ def paired_margin(adapter_logits: Any, probe_logits_: Any, y: Any, z: float, los
     import numpy as np
 
     za, zp, y = np.asarray(adapter_logits, dtype=np.float64), np.asarray(probe_logits_, dtype=np.float64), np.asarray(y)
-    a_ok, p_ok = za.argmax(1) == y, zp.argmax(1) == y
-    b, c = int((a_ok & ~p_ok).sum()), int((~a_ok & p_ok).sum())
+    b, c = _discordant(za.argmax(1), zp.argmax(1), y)
     need = max(1.0, float(z) * math.sqrt(b + c))
     out: dict[str, Any] = {"adapter_only": b, "probe_only": c, "needed": need, "z": float(z),
                            "adapter_wins": (b - c) >= need, "won_on": "accuracy" if (b - c) >= need else None}
