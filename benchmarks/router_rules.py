@@ -4,7 +4,8 @@ mixture discriminant analysis does) vs weights of the text-surface block, and wh
 errors go to. No test row is read.
 
 usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--surface 0,0.5,1,2,4]
-       [--own 0.05:0,0.05:0.5,...] [--temperature 0,4,8,16] [--seed 0] [--json out.json]
+       [--own 0.05:0,0.05:0.5,...] [--temperature 0,4,8,16] [--surface-version 1,2 [--surface-weights 4,6]]
+       [--seed 0 | --seeds 0,1,2,3] [--json out.json]
 
 The tasks and caps of the 8-task continual stream (docs/benchmarks.md): each task's labelled rows
 (train + validation, 100 per class, at most 1,500 per task) are split in two halves by a fixed
@@ -53,19 +54,25 @@ def main() -> None:
                     "OWN_COVARIANCE:LOG_DET pairs (Router's own_covariance and log_det), default surface weight.")
     ap.add_argument("--temperature", default="", help="Also try these class temperatures (Router's "
                     "class_temperature; 0 = nearest class mean) at the default own covariance and log-det.")
+    ap.add_argument("--surface-version", default="", help="Also try these versions of the surface block "
+                    "(Router's surface_version), the router's defaults otherwise.")
+    ap.add_argument("--surface-weights", default="", help="With --surface-version: try each version at these "
+                    "surface weights too (default: the default weight only).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of the split of each task's rows in two halves.")
+    ap.add_argument("--seeds", default="", help="Several seeds, e.g. 0,1,2,3: each rule's figures are summed over "
+                    "their splits (overrides --seed).")
     args = ap.parse_args()
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()] or [args.seed]
     lb = load_base("minilm")
     tasks = load_text_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], 100, 0, None, 1500)
     r0 = Router()  # layer features + the surface block; a weight-0 router drops the block
-    X, Y = {}, {}
+    X, Y, T = {}, {}, {}
     for name, td in tasks:
         texts = list(td.train.texts) + list(td.val.texts)
+        T[name] = texts
         X[name] = r0.features(lb, texts)
         Y[name] = np.asarray(list(td.train.y) + list(td.val.y))
         print(f"features {name}: {len(texts)}", file=sys.stderr)
-    rng = np.random.default_rng(args.seed)
-    halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
     lda = lambda r, x: np.asarray(r.task_distances(x)).argmin(1)  # noqa: E731
     routed_as = lambda r, x: [r.tasks_.index(t) for t in r.route(x)[0]]  # noqa: E731  (the router's own rule)
     shared = {"own_covariance": 0.0, "log_det": 0.0, "class_temperature": 0.0}
@@ -82,25 +89,35 @@ def main() -> None:
                                                                {"own_covariance": a, "log_det": ld, "class_temperature": 0.0})
     for t in [float(v) for v in args.temperature.split(",") if v.strip()]:
         rules[f"rda (defaults), class temperature {t:g}"] = (routed_as, 1, r0.surface, {"class_temperature": t})
+    weights = [float(v) for v in args.surface_weights.split(",") if v.strip()] or [r0.surface]
+    for v in [int(v) for v in args.surface_version.split(",") if v.strip()]:
+        for w in weights:
+            rules[f"rda (defaults), surface version {v}, weight {w:g}"] = (routed_as, 1, w, {"surface_version": v})
     out = {}
+    layer_dims = {n: X[n].shape[1] - SURFACE_DIMS for n in X}
     for rule, (pick, k, w, cov) in rules.items():
         hits, conf = {n: 0 for n in X}, {n: {} for n in X}
-        cols = {n: slice(None) if w else slice(0, X[n].shape[1] - SURFACE_DIMS) for n in X}
-        for h in (0, 1):
-            r = Router(threshold=float("inf"), surface=w, **cov)
-            for n in X:
-                m = halves[n] == h
-                r.add_task(n, X[n][m][:, cols[n]], subclusters(r._prep(X[n][m][:, cols[n]]), Y[n][m], k))
-            for n in X:
-                m = halves[n] != h
-                routed = [r.tasks_[i] for i in pick(r, X[n][m][:, cols[n]])]
-                hits[n] += sum(t == n for t in routed)
-                for t in routed:
-                    if t != n:
-                        conf[n][t] = conf[n].get(t, 0) + 1
-        per = {n: hits[n] / len(Y[n]) for n in X}
-        out[rule] = {"mean": float(np.mean(list(per.values()))),
-                     "all_rows": sum(hits.values()) / sum(len(y) for y in Y.values()),
+        r0v = Router(surface=w, **cov)
+        # the layer features with this rule's surface block (none at weight 0)
+        xs = {n: r0v.with_surface(X[n][:, :layer_dims[n]], T[n]) for n in X}
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}
+            for h in (0, 1):
+                r = Router(threshold=float("inf"), surface=w, **cov)
+                for n in X:
+                    m = halves[n] == h
+                    r.add_task(n, xs[n][m], subclusters(r._prep(xs[n][m]), Y[n][m], k))
+                for n in X:
+                    m = halves[n] != h
+                    routed = [r.tasks_[i] for i in pick(r, xs[n][m])]
+                    hits[n] += sum(t == n for t in routed)
+                    for t in routed:
+                        if t != n:
+                            conf[n][t] = conf[n].get(t, 0) + 1
+        per = {n: hits[n] / (len(Y[n]) * len(seeds)) for n in X}
+        out[rule] = {"mean": float(np.mean(list(per.values()))), "seeds": seeds,
+                     "all_rows": sum(hits.values()) / (sum(len(y) for y in Y.values()) * len(seeds)),
                      "per_task": per, "errors_to": conf}
         print(f"{rule}: mean over tasks {out[rule]['mean']:.4f}, all rows {out[rule]['all_rows']:.4f}")
         for n in X:

@@ -229,7 +229,7 @@ def test_surface_features_read_the_form_of_a_text():
     assert f.shape == (4, SURFACE_DIMS) and np.isfinite(f).all()
     assert f[1, 1] > f[0, 1]  # a share of capitals
     assert f[2, 4] > f[0, 4]  # line breaks
-    assert list(f[1, 7:]) == [1.0, 1.0, 0.0] and list(f[0, 7:]) == [0.0, 0.0, 0.0] and f[2, 9] == 1.0
+    assert list(f[1, 7:10]) == [1.0, 1.0, 0.0] and list(f[0, 7:10]) == [0.0, 0.0, 0.0] and f[2, 9] == 1.0
 
 
 def test_surface_block_separates_tasks_whose_embeddings_agree():
@@ -284,6 +284,44 @@ def test_surface_router_round_trips_and_older_routers_load_without_it(tmp_path):
     del meta["params"]["surface"]  # as written before the surface block existed
     (d / "router.json").write_text(json.dumps(meta))
     assert Router.load(d).surface == 0.0
+
+
+
+def test_surface_version_2_reads_hashtags_and_header_fields():
+    from adaptreg.compose.router import SURFACE_DIMS_BY_VERSION, surface_features
+
+    texts = ["Subject: Re: the meeting\nSee you there.", "so tired #mondays #work", "Plain text here."]
+    f2 = surface_features(texts, 2)
+    assert f2.shape == (3, SURFACE_DIMS_BY_VERSION[2]) and np.isfinite(f2).all()
+    assert np.array_equal(f2[:, :10], surface_features(texts, 1))  # version 1's columns, unchanged
+    assert f2[1, 10] > f2[0, 10] == f2[2, 10]  # a share of "#"
+    assert list(f2[:, 11]) == [1.0, 0.0, 0.0]  # starts with a header field
+    with pytest.raises(ConfigError, match="surface_version"):
+        surface_features(texts, 3)
+    with pytest.raises(ConfigError, match="surface_version"):
+        Router(surface_version=7).add_task("x", np.ones((4, 8)))
+
+
+def test_a_version_1_surface_router_loads_and_featurizes_as_it_was_fitted(tmp_path):
+    """A router saved before surface versions existed (ten statistics, no ``surface_version`` in
+    its parameters) loads as version 1: its features keep ten surface columns and it routes as
+    before; a new router reads twelve."""
+    import json
+
+    rng = np.random.default_rng(2)
+    tx = [f"Subject: note {i}" if i % 2 else f"#tag text {i}" for i in range(40)]
+    r1 = Router(surface_version=1)
+    r1.add_task("a", r1.with_surface(rng.normal(size=(40, 8)), tx), np.arange(40) % 2)
+    r1.add_task("b", r1.with_surface(rng.normal(size=(40, 8)) + 1, [t.lower() for t in tx]))
+    d = r1.save(tmp_path / "r1")
+    meta = json.loads((d / "router.json").read_text())
+    del meta["params"]["surface_version"]  # as written before versions existed
+    (d / "router.json").write_text(json.dumps(meta))
+    back = Router.load(d)
+    assert back.surface_version == 1 and back.feature_key() != Router().feature_key()
+    x = back.with_surface(rng.normal(size=(6, 8)), tx[:6])
+    assert x.shape[1] == 8 + 10 and back.route(x)[0] == r1.route(x)[0]
+    assert Router().with_surface(rng.normal(size=(6, 8)), tx[:6]).shape[1] == 8 + 12
 
 
 # -- regularised discriminant analysis: each task's own covariance ------------------------------

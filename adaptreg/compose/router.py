@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,17 @@ DEFAULT_THRESHOLD = 1.0
 # Weight of the text-surface block's distance (0 = no surface block). Chosen on held-out training
 # rows of the 8-task stream (`benchmarks/router_rules.py --surface`, docs/composition.md).
 DEFAULT_SURFACE = 4.0
-SURFACE_DIMS = 10
+# Which statistics the surface block holds (:func:`surface_features`): version 1, the first ten;
+# version 2 adds two more (a hashtag share and a leading header field), chosen on held-out training
+# rows (`benchmarks/router_rules.py --surface-version 1,2`, docs/composition.md). Routers saved before
+# versions existed load as version 1 and keep featurizing as they were fitted.
+DEFAULT_SURFACE_VERSION = 2
+SURFACE_DIMS_BY_VERSION = {1: 10, 2: 12}
+SURFACE_DIMS = SURFACE_DIMS_BY_VERSION[DEFAULT_SURFACE_VERSION]
+# the columns that are log shares (in [log eps, log(1 + eps)]) and 0/1 flags, per version
+_SURFACE_SHARES = {1: list(range(1, 7)), 2: list(range(1, 7)) + [10]}
+_SURFACE_FLAGS = {1: [7, 8, 9], 2: [7, 8, 9, 11]}
+_HEADER = re.compile(r"[A-Z][\w-]{1,20}: ")  # "Subject: ", "From: ": a mail, post or log line's field
 _SURFACE_CHARS = 2048  # the shares are read from a text's first characters (its length from all of it)
 _SURFACE_EPS = 1e-3
 # Added to the surface block's variances: no surface feature is trusted beyond the spread of a fair
@@ -95,12 +106,16 @@ DEFAULT_CLASS_TEMPERATURE = 8.0
 ROUTE_CANDIDATES = 4
 
 
-def surface_features(texts: list[str]) -> np.ndarray:
-    """Character statistics of each raw text [rows, SURFACE_DIMS]: log length, log share (plus
-    1e-3) of capitals among ASCII letters, of digits, ASCII punctuation, line breaks, spaces and
-    non-ASCII characters (the shares over the first 2,048 characters), and whether it starts with
-    a capital, ends with "?" or ends with "." or "!"."""
-    out = np.zeros((len(texts), SURFACE_DIMS))
+def surface_features(texts: list[str], version: int = DEFAULT_SURFACE_VERSION) -> np.ndarray:
+    """Character statistics of each raw text [rows, SURFACE_DIMS_BY_VERSION[version]]: log length,
+    log share (plus 1e-3) of capitals among ASCII letters, of digits, ASCII punctuation, line
+    breaks, spaces and non-ASCII characters (the shares over the first 2,048 characters), and
+    whether it starts with a capital, ends with "?" or ends with "." or "!". Version 2 adds the log
+    share of "#" (hashtags) and whether the text starts with a header field (``Subject: ``,
+    ``From: ``: a capitalised word and a colon)."""
+    if version not in SURFACE_DIMS_BY_VERSION:
+        raise ConfigError(f"surface_version == {version!r} is unknown: use one of {sorted(SURFACE_DIMS_BY_VERSION)}")
+    out = np.zeros((len(texts), SURFACE_DIMS_BY_VERSION[version]))
     for r, text in enumerate(texts):
         t = str(text)
         head = t[:_SURFACE_CHARS]
@@ -116,7 +131,10 @@ def surface_features(texts: list[str]) -> np.ndarray:
         out[r, 0] = math.log1p(len(t))
         out[r, 1:7] = np.log(np.array([upper / max(letters, 1), digits / n, punct / n, int((c == 10).sum()) / n,
                                        spaces / n, other / n]) + _SURFACE_EPS)
-        out[r, 7:] = (head[:1].isupper(), tail == "?", tail in (".", "!"))
+        out[r, 7:10] = (head[:1].isupper(), tail == "?", tail in (".", "!"))
+        if version >= 2:
+            out[r, 10] = math.log(int((c == 35).sum()) / n + _SURFACE_EPS)
+            out[r, 11] = _HEADER.match(head) is not None
     return out
 
 
@@ -155,6 +173,9 @@ class Router:
     surface : float
         Weight of the text-surface block's distance (:func:`surface_features`, its own shrunk
         covariance); 0 = layer features only. Routers saved before it existed load with 0.
+    surface_version : int
+        Which statistics the surface block holds (:func:`surface_features`; 1: ten, 2: twelve, the
+        default). Routers saved before versions existed load as 1 and featurize as they were fitted.
     own_covariance : float in [0, 1]
         Weight of each task's own within-class covariance in the covariance its distances use:
         ``(1 - a) * pooled + a * own`` (regularised discriminant analysis, Friedman 1989, between
@@ -179,7 +200,8 @@ class Router:
                  normalize: bool = True, max_length: int = DEFAULT_MAX_LENGTH, layers: Any = DEFAULT_LAYERS, folds: int = 5,
                  truncation: str = "head", surface: float = DEFAULT_SURFACE,
                  own_covariance: float = DEFAULT_OWN_COVARIANCE, log_det: float = DEFAULT_LOG_DET,
-                 class_temperature: float = DEFAULT_CLASS_TEMPERATURE):
+                 class_temperature: float = DEFAULT_CLASS_TEMPERATURE,
+                 surface_version: int = DEFAULT_SURFACE_VERSION):
         self.threshold = threshold
         self.quantile = quantile
         self.shrinkage = shrinkage
@@ -192,6 +214,7 @@ class Router:
         self.own_covariance = own_covariance
         self.log_det = log_det
         self.class_temperature = class_temperature
+        self.surface_version = surface_version
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
@@ -199,7 +222,7 @@ class Router:
                 "normalize": self.normalize, "max_length": self.max_length,
                 "layers": list(self.feature_layers), "folds": self.folds, "truncation": self.truncation,
                 "surface": self.surface, "own_covariance": self.own_covariance, "log_det": self.log_det,
-                "class_temperature": self.class_temperature}
+                "class_temperature": self.class_temperature, "surface_version": self.surface_version}
 
     def _check_params(self) -> None:
         if self.threshold is not None and not float(self.threshold) > 0:
@@ -218,6 +241,9 @@ class Router:
             raise ConfigError(f"folds == {self.folds}, must be >= 2")
         if not (isinstance(self.surface, (int, float)) and 0 <= float(self.surface) < math.inf):
             raise ConfigError(f"surface == {self.surface!r}, must be a number >= 0 (0 = no text-surface block)")
+        if self.surface_version not in SURFACE_DIMS_BY_VERSION:
+            raise ConfigError(f"surface_version == {self.surface_version!r} is unknown: use one of "
+                              f"{sorted(SURFACE_DIMS_BY_VERSION)}")
         if not (isinstance(self.own_covariance, (int, float)) and 0 <= float(self.own_covariance) <= 1):
             raise ConfigError(f"own_covariance == {self.own_covariance!r}, must be a number in [0, 1] "
                               "(0 = one shared covariance)")
@@ -229,7 +255,8 @@ class Router:
 
     def feature_key(self) -> tuple:
         """What decides a row's routing features: two routers with the same key featurize alike."""
-        return int(self.max_length), self.feature_layers, self.truncation, bool(self.surface)
+        return (int(self.max_length), self.feature_layers, self.truncation,
+                int(self.surface_version) if self.surface else 0)
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -252,7 +279,7 @@ class Router:
             return x
         if len(x) != len(texts):
             raise DataError(f"{len(x)} feature rows for {len(texts)} texts")
-        return np.concatenate([x, surface_features(list(texts)).astype(x.dtype, copy=False)], 1)
+        return np.concatenate([x, surface_features(list(texts), self.surface_version).astype(x.dtype, copy=False)], 1)
 
     # ------------------------------------------------------------------ learning
     def fit(self, features_by_task: dict[str, Any], labels_by_task: dict[str, Any] | None = None) -> "Router":
@@ -331,11 +358,11 @@ class Router:
 
     @property
     def _nsurf(self) -> int:
-        return SURFACE_DIMS if self.surface else 0
+        return SURFACE_DIMS_BY_VERSION[self.surface_version] if self.surface else 0
 
     def _blocks(self, x: np.ndarray) -> np.ndarray:
         """[rows, dims] -> [rows, blocks, dims per block] (one block per layer; the surface block,
-        the last ``SURFACE_DIMS`` columns when used, is left out: :meth:`_surface_part`)."""
+        the last ``SURFACE_DIMS_BY_VERSION[surface_version]`` columns when used, is left out: :meth:`_surface_part`)."""
         b = len(self.feature_layers)
         x = x[..., : x.shape[-1] - self._nsurf]
         if x.shape[-1] % b or x.shape[-1] == 0:
@@ -471,8 +498,9 @@ class Router:
         if self._nsurf and x.shape[1] > self._nsurf:
             sf = self._surface_part(x)
             lo = math.log(_SURFACE_EPS) - 1e-6
-            if not (np.isin(sf[:, 7:], (0.0, 1.0)).all() and (sf[:, :7] >= np.r_[0.0, [lo] * 6]).all()
-                    and (sf[:, 1:7] <= math.log(1 + _SURFACE_EPS) + 1e-6).all()):
+            shares, flags = sf[:, _SURFACE_SHARES[self.surface_version]], sf[:, _SURFACE_FLAGS[self.surface_version]]
+            if not (np.isin(flags, (0.0, 1.0)).all() and (sf[:, 0] >= 0).all() and (shares >= lo).all()
+                    and (shares <= math.log(1 + _SURFACE_EPS) + 1e-6).all()):
                 raise DataError("features do not end with the router's text-surface block: compute them with "
                                 "Router.features(base, texts) or Router.with_surface(x, texts), or build "
                                 "Router(surface=0) for features of your own")
@@ -691,11 +719,12 @@ class Router:
         if meta.get("sha256") and sha256_file(d / ROUTER_FILE) != meta["sha256"]:
             raise IntegrityError(f"{d / ROUTER_FILE} failed its sha256 check; the router was modified or truncated")
         known = {"threshold", "quantile", "shrinkage", "normalize", "max_length", "layers", "folds", "truncation",
-                 "surface", "own_covariance", "log_det", "class_temperature"}
-        # routers saved before `truncation` / `surface` / `own_covariance` / `class_temperature` existed read
-        # the head of each text, no surface block, one shared covariance, the nearest class mean
+                 "surface", "own_covariance", "log_det", "class_temperature", "surface_version"}
+        # routers saved before `truncation` / `surface` / `own_covariance` / `class_temperature` /
+        # `surface_version` existed read the head of each text, no surface block, one shared
+        # covariance, the nearest class mean, the first ten surface statistics
         router = cls(**{"truncation": "head", "surface": 0.0, "own_covariance": 0.0, "log_det": 0.0,
-                        "class_temperature": 0.0,
+                        "class_temperature": 0.0, "surface_version": 1,
                         **{k: v for k, v in meta["params"].items() if k in known}})
         arrays = load_file(str(d / ROUTER_FILE))
         router.tasks_ = list(meta["tasks"])
