@@ -11,9 +11,9 @@ matrix per block. The pooled covariance is the sum of the tasks' scatters, so
 
 Text surface: by default the features end with a small block of character statistics of the raw
 text (:func:`surface_features`: length, and the shares of capitals, digits, punctuation, line
-breaks, spaces and non-ASCII characters, on a log scale, plus how the text starts and ends), its
-distance weighted by ``surface``. A mean-pooled uncased sentence embedding sees topic, not genre or
-form: it cannot tell a mail from a newsgroup post on the same subject, or "what's my balance" typed
+breaks, spaces, non-ASCII characters and "#", on a log scale, plus how the text starts and ends,
+and whether it opens with a header field such as ``Subject:``), its distance weighted by
+``surface``. A mean-pooled uncased sentence embedding sees topic, not genre or form: it cannot tell a mail from a newsgroup post on the same subject, or "what's my balance" typed
 in lower case from the same question in a banking app's log, which the surface block can.
 
 Abstention: a row whose squared Mahalanobis distance to its nearest class mean is far above what
@@ -106,6 +106,13 @@ DEFAULT_CLASS_TEMPERATURE = 8.0
 ROUTE_CANDIDATES = 4
 
 
+def _surface_dims(version: Any) -> int:
+    """Width of surface block ``version``; an unknown version is refused with the choices."""
+    if version not in SURFACE_DIMS_BY_VERSION:
+        raise ConfigError(f"surface_version == {version!r} is unknown: use one of {sorted(SURFACE_DIMS_BY_VERSION)}")
+    return SURFACE_DIMS_BY_VERSION[version]
+
+
 def surface_features(texts: list[str], version: int = DEFAULT_SURFACE_VERSION) -> np.ndarray:
     """Character statistics of each raw text [rows, SURFACE_DIMS_BY_VERSION[version]]: log length,
     log share (plus 1e-3) of capitals among ASCII letters, of digits, ASCII punctuation, line
@@ -113,9 +120,7 @@ def surface_features(texts: list[str], version: int = DEFAULT_SURFACE_VERSION) -
     whether it starts with a capital, ends with "?" or ends with "." or "!". Version 2 adds the log
     share of "#" (hashtags) and whether the text starts with a header field (``Subject: ``,
     ``From: ``: a capitalised word and a colon)."""
-    if version not in SURFACE_DIMS_BY_VERSION:
-        raise ConfigError(f"surface_version == {version!r} is unknown: use one of {sorted(SURFACE_DIMS_BY_VERSION)}")
-    out = np.zeros((len(texts), SURFACE_DIMS_BY_VERSION[version]))
+    out = np.zeros((len(texts), _surface_dims(version)))
     for r, text in enumerate(texts):
         t = str(text)
         head = t[:_SURFACE_CHARS]
@@ -241,9 +246,7 @@ class Router:
             raise ConfigError(f"folds == {self.folds}, must be >= 2")
         if not (isinstance(self.surface, (int, float)) and 0 <= float(self.surface) < math.inf):
             raise ConfigError(f"surface == {self.surface!r}, must be a number >= 0 (0 = no text-surface block)")
-        if self.surface_version not in SURFACE_DIMS_BY_VERSION:
-            raise ConfigError(f"surface_version == {self.surface_version!r} is unknown: use one of "
-                              f"{sorted(SURFACE_DIMS_BY_VERSION)}")
+        _surface_dims(self.surface_version)
         if not (isinstance(self.own_covariance, (int, float)) and 0 <= float(self.own_covariance) <= 1):
             raise ConfigError(f"own_covariance == {self.own_covariance!r}, must be a number in [0, 1] "
                               "(0 = one shared covariance)")
@@ -358,7 +361,7 @@ class Router:
 
     @property
     def _nsurf(self) -> int:
-        return SURFACE_DIMS_BY_VERSION[self.surface_version] if self.surface else 0
+        return _surface_dims(self.surface_version) if self.surface else 0
 
     def _blocks(self, x: np.ndarray) -> np.ndarray:
         """[rows, dims] -> [rows, blocks, dims per block] (one block per layer; the surface block,
