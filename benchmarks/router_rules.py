@@ -1,7 +1,7 @@
 """Which routing rule on held-out *training* rows of the 8-task stream: nearest class mean (LDA) vs
 the calibrated route score vs class means split into sub-clusters (k-means inside each label, as
-mixture discriminant analysis does) vs weights of the text-surface block, and which tasks the
-errors go to. No test row is read.
+mixture discriminant analysis does) vs weights and versions of the text-surface block, and which
+tasks the errors go to. No test row is read.
 
 usage: python benchmarks/router_rules.py [--clusters 2,4,8] [--surface 0,0.5,1,2,4]
        [--own 0.05:0,0.05:0.5,...] [--temperature 0,4,8,16] [--surface-version 1,2 [--surface-weights 4,6]]

@@ -286,7 +286,6 @@ def test_surface_router_round_trips_and_older_routers_load_without_it(tmp_path):
     assert Router.load(d).surface == 0.0
 
 
-
 def test_surface_version_2_reads_hashtags_and_header_fields():
     from adaptreg.compose.router import SURFACE_DIMS_BY_VERSION, surface_features
 
