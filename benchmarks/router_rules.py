@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from adaptreg.base import load_base
-from adaptreg.compose.router import SURFACE_DIMS, Router
+from adaptreg.compose.router import Router
 from adaptreg.continual.benchmark import load_text_tasks
 
 TASKS = ["bbc-news", "spam", "movie-reviews", "tweet-sentiment", "yahoo-answers", "clinc150", "banking77",
@@ -65,12 +65,13 @@ def main() -> None:
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()] or [args.seed]
     lb = load_base("minilm")
     tasks = load_text_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], 100, 0, None, 1500)
-    r0 = Router()  # layer features + the surface block; a weight-0 router drops the block
+    r0 = Router()  # the default rule's parameters (surface weight)
+    layers_only = Router(surface=0)  # each rule adds its own surface block to these layer features
     X, Y, T = {}, {}, {}
     for name, td in tasks:
         texts = list(td.train.texts) + list(td.val.texts)
         T[name] = texts
-        X[name] = r0.features(lb, texts)
+        X[name] = layers_only.features(lb, texts)
         Y[name] = np.asarray(list(td.train.y) + list(td.val.y))
         print(f"features {name}: {len(texts)}", file=sys.stderr)
     lda = lambda r, x: np.asarray(r.task_distances(x)).argmin(1)  # noqa: E731
@@ -94,12 +95,11 @@ def main() -> None:
         for w in weights:
             rules[f"rda (defaults), surface version {v}, weight {w:g}"] = (routed_as, 1, w, {"surface_version": v})
     out = {}
-    layer_dims = {n: X[n].shape[1] - SURFACE_DIMS for n in X}
     for rule, (pick, k, w, cov) in rules.items():
         hits, conf = {n: 0 for n in X}, {n: {} for n in X}
         r0v = Router(surface=w, **cov)
         # the layer features with this rule's surface block (none at weight 0)
-        xs = {n: r0v.with_surface(X[n][:, :layer_dims[n]], T[n]) for n in X}
+        xs = {n: r0v.with_surface(X[n], T[n]) for n in X}
         for seed in seeds:
             rng = np.random.default_rng(seed)
             halves = {n: rng.permutation(len(Y[n])) % 2 for n in X}

@@ -13,8 +13,9 @@ Text surface: by default the features end with a small block of character statis
 text (:func:`surface_features`: length, and the shares of capitals, digits, punctuation, line
 breaks, spaces, non-ASCII characters and "#", on a log scale, plus how the text starts and ends,
 and whether it opens with a header field such as ``Subject:``), its distance weighted by
-``surface``. A mean-pooled uncased sentence embedding sees topic, not genre or form: it cannot tell a mail from a newsgroup post on the same subject, or "what's my balance" typed
-in lower case from the same question in a banking app's log, which the surface block can.
+``surface``. A mean-pooled uncased sentence embedding sees topic, not genre or form: it cannot
+tell a mail from a newsgroup post on the same subject, or "what's my balance" typed in lower case
+from the same question in a banking app's log, which the surface block can.
 
 Abstention: a row whose squared Mahalanobis distance to its nearest class mean is far above what
 that task's held-out rows show is routed ``"unknown"``. Calibration uses training data only
