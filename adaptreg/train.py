@@ -679,6 +679,18 @@ def train_task(lb: LoadedBase, td: TaskData, lora: LoraSettings, train: TrainSet
                        cache_bytes_per_example=bpe, seconds=seconds, paired=paired, router_features=router_x)
 
 
+def fold_data(labels: list[str], rows: list[tuple[Any, int]], y: Any, train_idx: Any, held_idx: Any) -> tuple[TaskData, dict[str, Any]]:
+    """One cross-validation fold over cached rows: a TaskData whose splits carry only labels (the
+    texts are already in the trunk caches) and the ``{"train", "val"}`` cache views for :func:`fit`,
+    ``val`` being the held-out rows. ``rows[i]`` is ``(TrunkCache, row)`` of example ``i``."""
+    from .data.tasks import Split
+    from .trunk import CacheView
+
+    fold = TaskData(labels=labels, train=Split([""] * len(train_idx), y[train_idx].tolist()),
+                    val=Split([""] * len(held_idx), y[held_idx].tolist()), test=Split([], []), source="fold", fingerprint="")
+    return fold, {"train": CacheView([rows[i] for i in train_idx]), "val": CacheView([rows[i] for i in held_idx])}
+
+
 CV_EARLY_Z = 2.5  # an early look at the folds ends the cross-validation only on a lead this many standard errors wide
 
 
@@ -703,9 +715,6 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .data.tasks import Split
-    from .trunk import CacheView
-
     rows = [(caches["train"], i) for i in range(len(td.train))] + [(caches["val"], i) for i in range(len(td.val))]
     y = np.asarray(list(td.train.y) + list(td.val.y))
     x = np.concatenate([feats["train"], feats["val"]])
@@ -727,9 +736,7 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
             clf.fit(x[tr], y[tr])
             p_logits[te] = probe_logits(clf, x[te])
             _load_trainable_state(model, init_state)
-            fold = TaskData(labels=td.labels, train=Split([""] * len(tr), y[tr].tolist()),
-                            val=Split([""] * len(te), y[te].tolist()), test=Split([], []), source="fold", fingerprint="")
-            views = {"train": CacheView([rows[i] for i in tr]), "val": CacheView([rows[i] for i in te])}
+            fold, views = fold_data(td.labels, rows, y, tr, te)
             fit(model, None, fold, TrainSettings(**{**fold_settings.to_dict(), "seed": train.seed + 1 + k}),
                 progress=False, caches=views, keep_best=False, validate=False, stop_after=best_epoch)
             a_logits[te] = cache_logits(model, views["val"], train.eval_batch_size)

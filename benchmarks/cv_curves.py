@@ -44,11 +44,11 @@ def curves(task: str, per_class: int, layers: int, folds: int, lb: Any) -> dict[
     from sklearn.preprocessing import StandardScaler
 
     from adaptreg.config import LoraSettings, TrainSettings
-    from adaptreg.data.tasks import Split, TaskData, load_task
+    from adaptreg.data.tasks import load_task
     from adaptreg.train import (TaskModel, _load_trainable_state, _trainable_state, auto_epochs, build_peft_model,
-                                cache_logits, fit, frozen_features, linear_probe, log_loss, probe_logits,
+                                cache_logits, fit, fold_data, frozen_features, linear_probe, log_loss, probe_logits,
                                 resolve_length, seed_everything)
-    from adaptreg.trunk import CacheView, TrunkCache, split_point
+    from adaptreg.trunk import TrunkCache, split_point
 
     ts = TrainSettings(adapted_layers=layers)
     td = load_task(task, max_per_class=per_class, seed=ts.seed)
@@ -75,9 +75,7 @@ def curves(task: str, per_class: int, layers: int, folds: int, lb: Any) -> dict[
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=c_value, max_iter=3000, random_state=ts.seed))
             p[te] = probe_logits(clf.fit(x[tr], y[tr]), x[te])
             _load_trainable_state(model, init)
-            fold = TaskData(labels=td.labels, train=Split([""] * len(tr), y[tr].tolist()),
-                            val=Split([""] * len(te), y[te].tolist()), test=Split([], []), source="fold", fingerprint="")
-            views = {"train": CacheView([rows[i] for i in tr]), "val": CacheView([rows[i] for i in te])}
+            fold, views = fold_data(td.labels, rows, y, tr, te)
 
             def record(epoch: int, m: Any, _rec: Any, te: Any = te, views: Any = views) -> None:
                 a[epoch - 1, te] = cache_logits(m, views["val"], ts.eval_batch_size)
