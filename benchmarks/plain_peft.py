@@ -9,7 +9,9 @@ target_modules=["query", "value"]) on every layer, a torch.nn.Linear head on the
 the last hidden states, AdamW (weight_decay=0.01, constant learning rate) over the LoRA weights and
 the head, shuffled batches tokenized with dynamic padding, cross-entropy, exactly --epochs epochs (no
 early stopping), then accuracy on the test split. With --whole-test, also on the catalog's whole test
-split (the capped test split is a subset of it), after wall_seconds is taken.
+split (the capped test split is a subset of it), after wall_seconds is taken. Balanced accuracy (the
+mean of the per-class recalls) is reported beside accuracy: the capped split has the capped training
+rows' class mix, the whole split the dataset's own.
 
 adaptreg is imported for two look-ups only, so that both sides see the same inputs:
 ``adaptreg.data.tasks.load_task(NAME, max_per_class=N)`` for the same train/test splits (seed 0) and
@@ -116,27 +118,33 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     head.eval()
 
-    def accuracy(texts: list[str], ys: list[int]) -> float:
-        correct = 0
+    def accuracy(texts: list[str], ys: list[int]) -> tuple[float, float]:
+        """Accuracy and balanced accuracy (the mean of the per-class recalls)."""
+        right, seen = [0] * n_labels, [0] * n_labels
         with torch.inference_mode():
             for i in range(0, len(texts), 64):
                 pred = logits_of(encode(texts[i:i + 64])).argmax(-1).tolist()
-                correct += sum(int(p == y) for p, y in zip(pred, ys[i:i + 64]))
-        return correct / len(texts) if texts else float("nan")
+                for p, y in zip(pred, ys[i:i + 64]):
+                    right[y] += int(p == y)
+                    seen[y] += 1
+        if not texts:
+            return float("nan"), float("nan")
+        return sum(right) / len(texts), sum(r / s for r, s in zip(right, seen) if s) / sum(1 for s in seen if s)
 
-    acc = accuracy(test_texts, test_y)
+    acc, balanced = accuracy(test_texts, test_y)
     log(f"test accuracy {acc:.4f}")
 
     out = {
         "task": args.task, "per_class": args.per_class, "epochs": args.epochs, "max_length": args.max_length,
         "batch_size": args.batch_size, "lr": args.lr, "n_train": len(train_texts), "n_test": len(test_texts),
-        "test_accuracy": acc, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - _T0,
+        "test_accuracy": acc, "test_balanced_accuracy": balanced, "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - _T0,
     }
     if args.whole_test:
         whole = load_task(args.task)
         if whole.labels != td.labels:
             raise SystemExit(f"{args.task}: the whole task's labels differ from the capped task's")
-        out["whole_test_accuracy"] = accuracy(list(whole.test.texts), list(whole.test.y))
+        out["whole_test_accuracy"], out["whole_test_balanced_accuracy"] = accuracy(list(whole.test.texts), list(whole.test.y))
         out["n_test_whole"] = len(whole.test.texts)
         log(f"whole test accuracy {out['whole_test_accuracy']:.4f} ({out['n_test_whole']} rows)")
     print(json.dumps(out))
