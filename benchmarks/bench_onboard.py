@@ -116,7 +116,7 @@ def plain_cmd(task: str, per_class: int, s: dict[str, Any]) -> list[str]:
 
 
 def bench_task(task: str, per_class: int, order: str, keep: bool, env: dict[str, str],
-               onboard_args: list[str] = ()) -> dict[str, Any]:
+               onboard_args: "list[str] | tuple[str, ...]" = ()) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix=f"bench-onboard-{task}-")
     try:
         a_cmd = adaptreg_cmd() + ["onboard", f"bench-{task}", "--data", task, "--max-per-class", str(per_class),
