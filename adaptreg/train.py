@@ -220,16 +220,21 @@ def frozen_features(base_model: Any, cache: Any, batch_size: int) -> Any:
     return out
 
 
-def linear_probe(train_x: Any, train_y: list[int], val_x: Any, val_y: list[int], seed: int) -> Any:
-    """Logistic regression on standardised frozen-base features; C chosen on the validation split
-    (accuracy, ties broken by validation log-loss)."""
+def probe_pipeline(c: float, seed: int) -> Any:
+    """The probe, unfitted: standardisation, then logistic regression with inverse regularisation ``c``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+
+
+def linear_probe(train_x: Any, train_y: list[int], val_x: Any, val_y: list[int], seed: int) -> Any:
+    """Logistic regression on standardised frozen-base features; C chosen on the validation split
+    (accuracy, ties broken by validation log-loss)."""
     best, best_key = None, None
     for c in (0.01, 0.1, 1.0, 10.0):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+        clf = probe_pipeline(c, seed)
         clf.fit(train_x, train_y)
         key = (float((clf.predict(val_x) == val_y).mean()), -log_loss(clf.decision_function(val_x) if len(clf.classes_) > 2
                                                                        else _binary_logits(clf.decision_function(val_x)), val_y))
@@ -710,10 +715,7 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
     plausibly overturn it. Returns both candidates' logits and the labels of the covered rows, the
     number of folds run and the number of folds (fewer than ``cv_folds`` when a class is rarer)."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     rows = [(caches["train"], i) for i in range(len(td.train))] + [(caches["val"], i) for i in range(len(td.val))]
     y = np.asarray(list(td.train.y) + list(td.val.y))
@@ -732,8 +734,7 @@ def cross_validated_predictions(model: TaskModel, init_state: dict[str, Any], td
             if folds_run and _decisive(a_logits[covered].argmax(1), p_logits[covered].argmax(1), y[covered],
                                        max(CV_EARLY_Z, train.select_z)):
                 break
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe_c, max_iter=3000, random_state=train.seed))
-            clf.fit(x[tr], y[tr])
+            clf = probe_pipeline(probe_c, train.seed).fit(x[tr], y[tr])
             p_logits[te] = probe_logits(clf, x[te])
             _load_trainable_state(model, init_state)
             fold, views = fold_data(td.labels, rows, y, tr, te)

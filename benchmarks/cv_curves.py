@@ -38,16 +38,13 @@ def log(msg: str) -> None:
 def curves(task: str, per_class: int, layers: int, folds: int, lb: Any) -> dict[str, Any]:
     import numpy as np
     import torch
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from adaptreg.config import LoraSettings, TrainSettings
     from adaptreg.data.tasks import load_task
     from adaptreg.train import (TaskModel, _load_trainable_state, _trainable_state, auto_epochs, build_peft_model,
                                 cache_logits, fit, fold_data, frozen_features, linear_probe, log_loss, probe_logits,
-                                resolve_length, seed_everything)
+                                probe_pipeline, resolve_length, seed_everything)
     from adaptreg.trunk import TrunkCache, split_point
 
     ts = TrainSettings(adapted_layers=layers)
@@ -72,8 +69,7 @@ def curves(task: str, per_class: int, layers: int, folds: int, lb: Any) -> dict[
         p = np.zeros((len(y), td.n_labels))
         t0 = time.perf_counter()
         for k, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=ts.seed).split(x, y)):
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=c_value, max_iter=3000, random_state=ts.seed))
-            p[te] = probe_logits(clf.fit(x[tr], y[tr]), x[te])
+            p[te] = probe_logits(probe_pipeline(c_value, ts.seed).fit(x[tr], y[tr]), x[te])
             _load_trainable_state(model, init)
             fold, views = fold_data(td.labels, rows, y, tr, te)
 
