@@ -25,8 +25,8 @@ learning rate adaptreg used) is trained too and scored on both splits.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -38,12 +38,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from _report import emit  # noqa: E402
-
-DEFAULT_TASKS = "bbc-news,spam,movie-reviews,tweet-sentiment"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from bench_onboard import DEFAULT_TASKS, log, parse_json, plain_cmd  # noqa: E402
 
 
 def score(pred: Any, y: Any, rows: Any) -> float | None:
@@ -57,15 +52,14 @@ def balanced(pred: Any, y: Any, rows: Any) -> float | None:
 
 
 def plain_run(name: str, per_class: int, trained: Any, settings: Any) -> dict[str, Any]:
-    cmd = [sys.executable, str(HERE / "plain_peft.py"), "--task", name, "--per-class", str(per_class),
-           "--epochs", str(trained.fit_info["epochs_planned"]), "--max-length", str(trained.max_length),
-           "--batch-size", str(settings.batch_size), "--lr", repr(float(settings.lr)), "--seed", "0", "--whole-test"]
-    log(f"[{name}: plain] {' '.join(cmd)}")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    """bench_onboard.py's plain PEFT command with adaptreg's epochs and length, scored on both splits."""
+    cmd = plain_cmd(name, per_class, {"epochs": trained.fit_info["epochs_planned"], "max_length": trained.max_length,
+                                      "batch_size": settings.batch_size, "lr": settings.lr}) + ["--whole-test"]
+    log(f"[{name}: plain] {shlex.join(cmd)}")
+    out = parse_json(subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout)
     return {"capped": out["test_accuracy"], "whole": out["whole_test_accuracy"],
             "capped_balanced": out["test_balanced_accuracy"], "whole_balanced": out["whole_test_balanced_accuracy"],
-            "command": " ".join(cmd[1:])}
+            "command": shlex.join(cmd[1:])}
 
 
 def run_task(name: str, per_class: int, lb: Any, plain: bool = False) -> dict[str, Any]:
